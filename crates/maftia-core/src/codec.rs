@@ -52,10 +52,13 @@ pub fn encode_with_limit<M: Serialize>(message: &M, max: usize) -> Result<Vec<u8
     let mut frame = Vec::with_capacity(64);
     frame.extend_from_slice(&MAGIC);
     frame.push(WIRE_VERSION);
-    let frame = postcard::to_extend(message, frame)
-        .map_err(|e| EncodeError::Serialize(e.to_string()))?;
+    let frame =
+        postcard::to_extend(message, frame).map_err(|e| EncodeError::Serialize(e.to_string()))?;
     if frame.len() > max {
-        return Err(EncodeError::TooLarge { size: frame.len(), max });
+        return Err(EncodeError::TooLarge {
+            size: frame.len(),
+            max,
+        });
     }
     Ok(frame)
 }
@@ -68,7 +71,10 @@ pub fn decode<M: DeserializeOwned>(frame: &[u8]) -> Result<M, DecodeError> {
 /// Decode a frame no larger than `max` bytes.
 pub fn decode_with_limit<M: DeserializeOwned>(frame: &[u8], max: usize) -> Result<M, DecodeError> {
     if frame.len() > max {
-        return Err(DecodeError::TooLarge { size: frame.len(), max });
+        return Err(DecodeError::TooLarge {
+            size: frame.len(),
+            max,
+        });
     }
     if frame.len() < HEADER_LEN {
         return Err(DecodeError::Truncated { size: frame.len() });
@@ -151,14 +157,23 @@ mod tests {
             decode_with_limit::<Sample>(&frame, 99),
             Err(DecodeError::TooLarge { size: 100, max: 99 })
         );
-        let big = Sample::Echo { instance: 1, payload: vec![0; 200] };
-        assert!(matches!(encode_with_limit(&big, 100), Err(EncodeError::TooLarge { .. })));
+        let big = Sample::Echo {
+            instance: 1,
+            payload: vec![0; 200],
+        };
+        assert!(matches!(
+            encode_with_limit(&big, 100),
+            Err(EncodeError::TooLarge { .. })
+        ));
     }
 
     #[test]
     fn header_checks() {
         let frame = encode(&Sample::Ready([1; 32])).unwrap();
-        assert_eq!(decode::<Sample>(&frame[..2]), Err(DecodeError::Truncated { size: 2 }));
+        assert_eq!(
+            decode::<Sample>(&frame[..2]),
+            Err(DecodeError::Truncated { size: 2 })
+        );
         let mut bad = frame.clone();
         bad[0] = b'X';
         assert_eq!(decode::<Sample>(&bad), Err(DecodeError::BadMagic));
@@ -166,7 +181,9 @@ mod tests {
         bad[2] = WIRE_VERSION + 1;
         assert_eq!(
             decode::<Sample>(&bad),
-            Err(DecodeError::UnsupportedVersion { found: WIRE_VERSION + 1 })
+            Err(DecodeError::UnsupportedVersion {
+                found: WIRE_VERSION + 1
+            })
         );
     }
 

@@ -27,12 +27,22 @@ pub enum ConfigError {
         "the asynchronous configuration needs n > 3f, but n = {n} and f = {f}: \
          with f = {f} use at least n = {min_n}, or tolerate at most f = {max_f} with n = {n}"
     )]
-    AsynchronousResilience { n: usize, f: usize, min_n: usize, max_f: usize },
+    AsynchronousResilience {
+        n: usize,
+        f: usize,
+        min_n: usize,
+        max_f: usize,
+    },
     #[error(
         "the wormhole configuration needs n > 2f, but n = {n} and f = {f}: \
          with f = {f} use at least n = {min_n}, or tolerate at most f = {max_f} with n = {n}"
     )]
-    WormholeResilience { n: usize, f: usize, min_n: usize, max_f: usize },
+    WormholeResilience {
+        n: usize,
+        f: usize,
+        min_n: usize,
+        max_f: usize,
+    },
 }
 
 /// A validated group: `n` replicas of which at most `f` may be Byzantine.
@@ -62,7 +72,11 @@ impl TryFrom<RawGroupConfig> for GroupConfig {
 
 impl From<GroupConfig> for RawGroupConfig {
     fn from(c: GroupConfig) -> Self {
-        RawGroupConfig { n: c.n, f: c.f, resilience: c.resilience }
+        RawGroupConfig {
+            n: c.n,
+            f: c.f,
+            resilience: c.resilience,
+        }
     }
 }
 
@@ -72,7 +86,10 @@ impl GroupConfig {
             return Err(ConfigError::EmptyGroup);
         }
         if n > MAX_GROUP_SIZE {
-            return Err(ConfigError::GroupTooLarge { n, max: MAX_GROUP_SIZE });
+            return Err(ConfigError::GroupTooLarge {
+                n,
+                max: MAX_GROUP_SIZE,
+            });
         }
         match resilience {
             Resilience::Asynchronous if n <= 3 * f => Err(ConfigError::AsynchronousResilience {
@@ -147,7 +164,12 @@ mod tests {
         let err = GroupConfig::asynchronous(3, 1).unwrap_err();
         assert_eq!(
             err,
-            ConfigError::AsynchronousResilience { n: 3, f: 1, min_n: 4, max_f: 0 }
+            ConfigError::AsynchronousResilience {
+                n: 3,
+                f: 1,
+                min_n: 4,
+                max_f: 0
+            }
         );
         assert!(err.to_string().contains("n > 3f"));
         assert!(GroupConfig::asynchronous(4, 1).is_ok());
@@ -163,7 +185,10 @@ mod tests {
 
     #[test]
     fn rejects_empty_and_oversized_groups() {
-        assert_eq!(GroupConfig::asynchronous(0, 0), Err(ConfigError::EmptyGroup));
+        assert_eq!(
+            GroupConfig::asynchronous(0, 0),
+            Err(ConfigError::EmptyGroup)
+        );
         assert!(matches!(
             GroupConfig::asynchronous(MAX_GROUP_SIZE + 1, 1),
             Err(ConfigError::GroupTooLarge { .. })
@@ -183,7 +208,11 @@ mod tests {
 
     #[test]
     fn deserialization_validates() {
-        let raw = RawGroupConfig { n: 3, f: 1, resilience: Resilience::Asynchronous };
+        let raw = RawGroupConfig {
+            n: 3,
+            f: 1,
+            resilience: Resilience::Asynchronous,
+        };
         let bytes = postcard::to_stdvec(&raw).unwrap();
         assert!(postcard::from_bytes::<GroupConfig>(&bytes).is_err());
         let good = GroupConfig::asynchronous(4, 1).unwrap();

@@ -8,7 +8,10 @@
 //! - [`codec`] is the one wire encoding: a versioned envelope around postcard with a hard size
 //!   limit; decoding is total and returns typed [`codec::DecodeError`]s.
 #![forbid(unsafe_code)]
-#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
 
 pub mod codec;
 pub mod config;

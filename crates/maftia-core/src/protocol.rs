@@ -59,7 +59,10 @@ pub struct TargetedMessage<M> {
 
 impl<M> TargetedMessage<M> {
     pub fn map<N>(self, f: impl FnOnce(M) -> N) -> TargetedMessage<N> {
-        TargetedMessage { target: self.target, message: f(self.message) }
+        TargetedMessage {
+            target: self.target,
+            message: f(self.message),
+        }
     }
 }
 
@@ -75,7 +78,10 @@ impl<K> Fault<K> {
         Fault { culprit, kind }
     }
     pub fn map<L>(self, f: impl FnOnce(K) -> L) -> Fault<L> {
-        Fault { culprit: self.culprit, kind: f(self.kind) }
+        Fault {
+            culprit: self.culprit,
+            kind: f(self.kind),
+        }
     }
 }
 
@@ -90,7 +96,11 @@ pub struct Step<M, O, K> {
 
 impl<M, O, K> Default for Step<M, O, K> {
     fn default() -> Self {
-        Step { messages: Vec::new(), outputs: Vec::new(), faults: Vec::new() }
+        Step {
+            messages: Vec::new(),
+            outputs: Vec::new(),
+            faults: Vec::new(),
+        }
     }
 }
 
@@ -126,8 +136,10 @@ impl<M, O, K> Step<M, O, K> {
         wrap: impl Fn(CM) -> M,
         wrap_fault: impl Fn(CK) -> K,
     ) -> Vec<CO> {
-        self.messages.extend(child.messages.into_iter().map(|m| m.map(&wrap)));
-        self.faults.extend(child.faults.into_iter().map(|f| f.map(&wrap_fault)));
+        self.messages
+            .extend(child.messages.into_iter().map(|m| m.map(&wrap)));
+        self.faults
+            .extend(child.faults.into_iter().map(|f| f.map(&wrap_fault)));
         child.outputs
     }
 
@@ -172,11 +184,8 @@ pub trait Protocol {
 }
 
 /// The step type of protocol `P`.
-pub type ProtocolStep<P> = Step<
-    <P as Protocol>::Message,
-    <P as Protocol>::Output,
-    <P as Protocol>::FaultKind,
->;
+pub type ProtocolStep<P> =
+    Step<<P as Protocol>::Message, <P as Protocol>::Output, <P as Protocol>::FaultKind>;
 
 #[cfg(test)]
 mod tests {
@@ -192,7 +201,10 @@ mod tests {
         );
         assert!(Target::Node(NodeId(2)).contains(me, NodeId(2)));
         let subset = Target::Nodes([NodeId(0), NodeId(5)].into_iter().collect());
-        assert_eq!(subset.recipients(me, 3).collect::<Vec<_>>(), vec![NodeId(0)]);
+        assert_eq!(
+            subset.recipients(me, 3).collect::<Vec<_>>(),
+            vec![NodeId(0)]
+        );
     }
 
     #[test]
@@ -205,6 +217,9 @@ mod tests {
         let outputs = parent.extend_with(child, |m| (42, m), |k| format!("child:{k}"));
         assert_eq!(outputs, vec!["done"]);
         assert_eq!(parent.messages[0].message, (42, 7));
-        assert_eq!(parent.faults[0], Fault::new(NodeId(3), "child:9".to_string()));
+        assert_eq!(
+            parent.faults[0],
+            Fault::new(NodeId(3), "child:9".to_string())
+        );
     }
 }

@@ -68,7 +68,10 @@ impl<F: PrimeField> Polynomial<F> {
 
     /// `p(x)` by Horner's rule.
     pub fn evaluate(&self, x: F) -> F {
-        self.coefficients.iter().rev().fold(F::ZERO, |acc, c| acc * x + c)
+        self.coefficients
+            .iter()
+            .rev()
+            .fold(F::ZERO, |acc, c| acc * x + c)
     }
 
     /// The share of node `index`: `p(index + 1)`.
@@ -78,7 +81,9 @@ impl<F: PrimeField> Polynomial<F> {
 
     /// Feldman commitments `g^{a_j}` to every coefficient.
     pub fn commit<G: Group<Scalar = F>>(&self, generator: G) -> Commitment<G> {
-        Commitment { coefficients: self.coefficients.iter().map(|a| generator * a).collect() }
+        Commitment {
+            coefficients: self.coefficients.iter().map(|a| generator * a).collect(),
+        }
     }
 }
 
@@ -91,7 +96,10 @@ pub struct Commitment<G: Group> {
 impl<G: Group> Commitment<G> {
     /// `g^{p(x)} = Π C_j^{x^j}`.
     pub fn evaluate(&self, x: G::Scalar) -> G {
-        self.coefficients.iter().rev().fold(G::identity(), |acc, c| acc * x + c)
+        self.coefficients
+            .iter()
+            .rev()
+            .fold(G::identity(), |acc, c| acc * x + c)
     }
 
     /// The public share `g^{p(index + 1)}` of node `index`.
@@ -101,7 +109,10 @@ impl<G: Group> Commitment<G> {
 
     /// The public key `g^{p(0)}`.
     pub fn public_key(&self) -> G {
-        self.coefficients.first().copied().unwrap_or_else(G::identity)
+        self.coefficients
+            .first()
+            .copied()
+            .unwrap_or_else(G::identity)
     }
 
     /// Feldman's check: does `share` lie on the committed polynomial at node `index`?
@@ -160,7 +171,10 @@ pub fn lagrange_coefficients<F: PrimeField>(
 }
 
 /// Interpolate `p(0)` from `(index, p(index + 1))` pairs.
-pub fn interpolate<F: PrimeField>(shares: &[(usize, F)], n: usize) -> Result<F, InterpolationError> {
+pub fn interpolate<F: PrimeField>(
+    shares: &[(usize, F)],
+    n: usize,
+) -> Result<F, InterpolationError> {
     let indices: Vec<usize> = shares.iter().map(|(i, _)| *i).collect();
     let lambdas = lagrange_coefficients::<F>(&indices, n)?;
     Ok(shares.iter().zip(lambdas).map(|((_, s), l)| *s * l).sum())
@@ -186,7 +200,7 @@ mod tests {
     use curve25519_dalek::{RistrettoPoint, Scalar as RistrettoScalar};
     use proptest::prelude::*;
     use rand_chacha::ChaCha20Rng;
-    use rand_core::SeedableRng;
+    use rand_core::{RngCore, SeedableRng};
 
     fn subsets(n: usize, k: usize, seed: u64) -> Vec<usize> {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
@@ -243,8 +257,14 @@ mod tests {
         let poly = Polynomial::<BlsScalar>::random(3, &mut rng);
         let g = G1Projective::generator();
         let c = poly.commit(g);
-        let shares: Vec<_> = [6, 1, 4, 2].iter().map(|&i| (i, c.public_share(i))).collect();
-        assert_eq!(interpolate_in_exponent(&shares, 10).unwrap(), c.public_key());
+        let shares: Vec<_> = [6, 1, 4, 2]
+            .iter()
+            .map(|&i| (i, c.public_share(i)))
+            .collect();
+        assert_eq!(
+            interpolate_in_exponent(&shares, 10).unwrap(),
+            c.public_key()
+        );
     }
 
     #[test]
@@ -256,7 +276,10 @@ mod tests {
         assert_eq!(l[2], RistrettoScalar::ONE);
         // p(x) = 5 + 2x: shares 7 (x=1), 9 (x=2) interpolate to 5.
         let s = interpolate(
-            &[(0, RistrettoScalar::from(7u64)), (1, RistrettoScalar::from(9u64))],
+            &[
+                (0, RistrettoScalar::from(7u64)),
+                (1, RistrettoScalar::from(9u64)),
+            ],
             2,
         )
         .unwrap();
@@ -265,7 +288,10 @@ mod tests {
 
     #[test]
     fn bad_index_sets_are_errors() {
-        assert_eq!(lagrange_coefficients::<BlsScalar>(&[], 4), Err(InterpolationError::Empty));
+        assert_eq!(
+            lagrange_coefficients::<BlsScalar>(&[], 4),
+            Err(InterpolationError::Empty)
+        );
         assert_eq!(
             lagrange_coefficients::<BlsScalar>(&[1, 1], 4),
             Err(InterpolationError::DuplicateIndex(1))

@@ -22,7 +22,11 @@ pub type SignerIndex = usize;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum CombineError {
     #[error("{valid} valid shares, {needed} needed (invalid shares from {invalid_signers:?})")]
-    NotEnoughValidShares { valid: usize, needed: usize, invalid_signers: Vec<SignerIndex> },
+    NotEnoughValidShares {
+        valid: usize,
+        needed: usize,
+        invalid_signers: Vec<SignerIndex>,
+    },
     #[error("share from signer {index}, outside a group of {n}")]
     IndexOutOfRange { index: SignerIndex, n: usize },
     #[error("interpolation failed: {0}")]
@@ -84,7 +88,10 @@ pub fn robust_combine<T: ThresholdSigner + ?Sized>(
 ) -> Result<Combined<T::Signature>, CombineError> {
     let k = signer.threshold();
     if let Some((&index, _)) = shares.range(signer.n()..).next() {
-        return Err(CombineError::IndexOutOfRange { index, n: signer.n() });
+        return Err(CombineError::IndexOutOfRange {
+            index,
+            n: signer.n(),
+        });
     }
     if shares.len() < k {
         return Err(CombineError::NotEnoughValidShares {
@@ -97,11 +104,15 @@ pub fn robust_combine<T: ThresholdSigner + ?Sized>(
     let first: Vec<_> = shares.iter().take(k).map(|(i, s)| (*i, s)).collect();
     let signature = signer.combine_unchecked(&first)?;
     if signer.verify(message, &signature) {
-        return Ok(Combined { signature, invalid_signers: Vec::new() });
+        return Ok(Combined {
+            signature,
+            invalid_signers: Vec::new(),
+        });
     }
     // Pessimistic path: check every share, combine k valid ones.
-    let (valid, invalid): (Vec<_>, Vec<_>) =
-        shares.iter().partition(|(i, s)| signer.verify_share(**i, message, s));
+    let (valid, invalid): (Vec<_>, Vec<_>) = shares
+        .iter()
+        .partition(|(i, s)| signer.verify_share(**i, message, s));
     let invalid_signers: Vec<SignerIndex> = invalid.into_iter().map(|(i, _)| *i).collect();
     if valid.len() < k {
         return Err(CombineError::NotEnoughValidShares {
@@ -112,5 +123,8 @@ pub fn robust_combine<T: ThresholdSigner + ?Sized>(
     }
     let chosen: Vec<_> = valid.into_iter().take(k).map(|(i, s)| (*i, s)).collect();
     let signature = signer.combine_unchecked(&chosen)?;
-    Ok(Combined { signature, invalid_signers })
+    Ok(Combined {
+        signature,
+        invalid_signers,
+    })
 }
