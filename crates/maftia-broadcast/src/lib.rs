@@ -1,1 +1,17 @@
-//! placeholder
+//! maftia-broadcast: the asynchronous configuration's broadcast and agreement protocols.
+//!
+//! Every protocol is a sans-IO [`maftia_core::Protocol`]: no clocks, sockets or randomness of
+//! its own, so the simulator (`maftia-sim`) and the node run exactly the same code.
+//!
+//! - [`rbc`]: reliable broadcast — Bracha's protocol, and an erasure-coded AVID variant
+//!   (Cachin–Tessaro 2005) for large payloads.
+//! - [`cbc`]: consistent broadcast with a threshold-signature certificate (echo broadcast as in
+//!   Cachin–Kursawe–Petzold–Shoup 2001).
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod cbc;
+pub mod rbc;
