@@ -109,6 +109,27 @@ pub enum KeygenError {
     Mismatch { index: usize, reason: String },
 }
 
+/// The fields every key file starts with: its format, its version and the group size.
+fn check_identity_fields(
+    format: &str,
+    expected_format: &str,
+    version: u32,
+    n: usize,
+    f: usize,
+) -> Result<(), KeygenError> {
+    if format != expected_format {
+        return Err(KeygenError::Invalid(format!(
+            "format {format:?}, expected {expected_format:?}"
+        )));
+    }
+    if version != FORMAT_VERSION {
+        return Err(KeygenError::Invalid(format!(
+            "version {version}, expected {FORMAT_VERSION}"
+        )));
+    }
+    check_group_size(n, f)
+}
+
 fn check_group_size(n: usize, f: usize) -> Result<(), KeygenError> {
     // n > 3f, written so that it cannot overflow.
     if n == 0 || n > MAX_NODES || f >= n || (n - 1) / 3 < f {
@@ -154,19 +175,7 @@ impl GroupPublic {
     /// BLS key sets (deserializing a [`BlsPublicKeySet`] already runs them).
     fn check(&self, validate_bls: bool) -> Result<(), KeygenError> {
         let invalid = |reason: String| Err(KeygenError::Invalid(reason));
-        if self.format != GROUP_FORMAT {
-            return invalid(format!(
-                "format {:?}, expected {GROUP_FORMAT:?}",
-                self.format
-            ));
-        }
-        if self.version != FORMAT_VERSION {
-            return invalid(format!(
-                "version {}, expected {FORMAT_VERSION}",
-                self.version
-            ));
-        }
-        check_group_size(self.n, self.f)?;
+        check_identity_fields(&self.format, GROUP_FORMAT, self.version, self.n, self.f)?;
         let ids: Vec<KeySetId> = self.bls.keys().copied().collect();
         if ids != KeySetId::ALL {
             return invalid(format!(
@@ -251,19 +260,7 @@ impl NodeSecret {
     /// BLS share per [`KeySetId`], every share labelled with this node's index.
     pub fn validate(&self) -> Result<(), KeygenError> {
         let invalid = |reason: String| Err(KeygenError::Invalid(reason));
-        if self.format != SECRET_FORMAT {
-            return invalid(format!(
-                "format {:?}, expected {SECRET_FORMAT:?}",
-                self.format
-            ));
-        }
-        if self.version != FORMAT_VERSION {
-            return invalid(format!(
-                "version {}, expected {FORMAT_VERSION}",
-                self.version
-            ));
-        }
-        check_group_size(self.n, self.f)?;
+        check_identity_fields(&self.format, SECRET_FORMAT, self.version, self.n, self.f)?;
         if self.index >= self.n {
             return invalid(format!("index {} in a group of {}", self.index, self.n));
         }
