@@ -7,6 +7,7 @@
 //!   (Cachin–Tessaro 2005) for large payloads.
 //! - [`cbc`]: consistent broadcast with a threshold-signature certificate (echo broadcast as in
 //!   Cachin–Kursawe–Petzold–Shoup 2001).
+//! - [`keys`]: the threshold key sets (coin, consistent broadcast, quorum) a node holds.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -14,4 +15,7 @@
 )]
 
 pub mod cbc;
+pub mod keys;
 pub mod rbc;
+
+pub use keys::ThresholdKeys;
