@@ -15,11 +15,23 @@ use thiserror::Error;
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum KeysError {
     #[error("key set {name} has n = {found}, the group has n = {expected}")]
-    GroupSize { name: &'static str, found: usize, expected: usize },
+    GroupSize {
+        name: &'static str,
+        found: usize,
+        expected: usize,
+    },
     #[error("key set {name} has threshold {found}, expected {expected}")]
-    Threshold { name: &'static str, found: usize, expected: usize },
+    Threshold {
+        name: &'static str,
+        found: usize,
+        expected: usize,
+    },
     #[error("key set {name} belongs to node {found}, expected {expected}")]
-    Index { name: &'static str, found: usize, expected: NodeId },
+    Index {
+        name: &'static str,
+        found: usize,
+        expected: NodeId,
+    },
     #[error("key files: {0}")]
     KeyFiles(String),
 }
@@ -36,7 +48,11 @@ pub struct ThresholdKeys<S> {
 
 impl<S> Clone for ThresholdKeys<S> {
     fn clone(&self) -> Self {
-        ThresholdKeys { coin: self.coin.clone(), cbc: self.cbc.clone(), quorum: self.quorum.clone() }
+        ThresholdKeys {
+            coin: self.coin.clone(),
+            cbc: self.cbc.clone(),
+            quorum: self.quorum.clone(),
+        }
     }
 }
 
@@ -55,7 +71,11 @@ impl<S: ThresholdSigner> ThresholdKeys<S> {
             ("quorum", &quorum, config.quorum()),
         ] {
             if set.n() != config.n() {
-                return Err(KeysError::GroupSize { name, found: set.n(), expected: config.n() });
+                return Err(KeysError::GroupSize {
+                    name,
+                    found: set.n(),
+                    expected: config.n(),
+                });
             }
             if set.threshold() != threshold {
                 return Err(KeysError::Threshold {
@@ -65,7 +85,11 @@ impl<S: ThresholdSigner> ThresholdKeys<S> {
                 });
             }
             if set.our_index() != our_id.index() {
-                return Err(KeysError::Index { name, found: set.our_index(), expected: our_id });
+                return Err(KeysError::Index {
+                    name,
+                    found: set.our_index(),
+                    expected: our_id,
+                });
             }
         }
         Ok(ThresholdKeys { coin, cbc, quorum })
@@ -82,19 +106,18 @@ impl ThresholdKeys<BlsThresholdSigner> {
         let our_id = u16::try_from(secret.index)
             .map(NodeId)
             .map_err(|_| KeysError::KeyFiles(format!("node index {} too large", secret.index)))?;
-        let signer = |id: KeySetId| -> Result<Arc<BlsThresholdSigner>, KeysError> {
-            let public: &BlsPublicKeySet = group
-                .bls
-                .get(&id)
-                .ok_or_else(|| KeysError::KeyFiles(format!("group file lacks key set {id:?}")))?;
-            let share = secret
-                .bls
-                .get(&id)
-                .ok_or_else(|| KeysError::KeyFiles(format!("secret file lacks key set {id:?}")))?;
-            BlsThresholdSigner::new(Arc::new(public.clone()), share.clone())
-                .map(Arc::new)
-                .map_err(|e| KeysError::KeyFiles(e.to_string()))
-        };
+        let signer =
+            |id: KeySetId| -> Result<Arc<BlsThresholdSigner>, KeysError> {
+                let public: &BlsPublicKeySet = group.bls.get(&id).ok_or_else(|| {
+                    KeysError::KeyFiles(format!("group file lacks key set {id:?}"))
+                })?;
+                let share = secret.bls.get(&id).ok_or_else(|| {
+                    KeysError::KeyFiles(format!("secret file lacks key set {id:?}"))
+                })?;
+                BlsThresholdSigner::new(Arc::new(public.clone()), share.clone())
+                    .map(Arc::new)
+                    .map_err(|e| KeysError::KeyFiles(e.to_string()))
+            };
         Self::new(
             config,
             our_id,
