@@ -277,6 +277,14 @@ impl<S: ThresholdSigner> Cbc<S> {
         self.delivered.as_ref()
     }
 
+    /// Messages this instance holds: the echo shares collected (proposer only), its own
+    /// proposal and its delivery. At most `n + 2`, whatever peers send.
+    pub fn stored_messages(&self) -> usize {
+        self.shares.received.len()
+            + usize::from(self.proposal.is_some())
+            + usize::from(self.delivered.is_some())
+    }
+
     /// Whether `certificate` is this instance's certificate for `payload`.
     pub fn verify_certificate(&self, payload: &[u8], certificate: &S::Signature) -> bool {
         verify_certificate(

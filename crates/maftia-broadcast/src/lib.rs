@@ -7,6 +7,8 @@
 //!   (Cachin–Tessaro 2005) for large payloads.
 //! - [`cbc`]: consistent broadcast with a threshold-signature certificate (echo broadcast as in
 //!   Cachin–Kursawe–Petzold–Shoup 2001).
+//! - [`aba`]: randomized binary Byzantine agreement with a threshold coin and signed
+//!   justifications (Cachin–Kursawe–Shoup 2000).
 //! - [`keys`]: the threshold key sets (coin, consistent broadcast, quorum) a node holds.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -14,6 +16,7 @@
     deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
 )]
 
+pub mod aba;
 pub mod cbc;
 pub mod keys;
 pub mod rbc;
