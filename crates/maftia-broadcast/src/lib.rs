@@ -9,6 +9,11 @@
 //!   Cachin–Kursawe–Petzold–Shoup 2001).
 //! - [`aba`]: randomized binary Byzantine agreement with a threshold coin and signed
 //!   justifications (Cachin–Kursawe–Shoup 2000).
+//! - [`mvba`]: multivalued validated Byzantine agreement with an external validity predicate
+//!   (Cachin–Kursawe–Petzold–Shoup 2001): CBC proposals, commit sets, a coin-drawn candidate
+//!   order and one binary agreement per candidate.
+//! - [`abc`]: atomic broadcast in rounds of signed request batches ordered by MVBA
+//!   (Cachin–Kursawe–Petzold–Shoup 2001, Sec. 4), with bounded deduplication.
 //! - [`keys`]: the threshold key sets (coin, consistent broadcast, quorum) a node holds.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -17,8 +22,10 @@
 )]
 
 pub mod aba;
+pub mod abc;
 pub mod cbc;
 pub mod keys;
+pub mod mvba;
 pub mod rbc;
 
 pub use keys::ThresholdKeys;
