@@ -14,6 +14,9 @@
 //!   order and one binary agreement per candidate.
 //! - [`abc`]: atomic broadcast in rounds of signed request batches ordered by MVBA
 //!   (Cachin–Kursawe–Petzold–Shoup 2001, Sec. 4), with bounded deduplication.
+//! - [`scabc`]: secure causal atomic broadcast — ABC of TDH2-encrypted requests, decrypted with
+//!   `f + 1` shares only after their position is fixed (Cachin–Kursawe–Petzold–Shoup 2001,
+//!   Sec. 5).
 //! - [`keys`]: the threshold key sets (coin, consistent broadcast, quorum) a node holds.
 #![forbid(unsafe_code)]
 #![cfg_attr(
@@ -27,5 +30,6 @@ pub mod cbc;
 pub mod keys;
 pub mod mvba;
 pub mod rbc;
+pub mod scabc;
 
 pub use keys::ThresholdKeys;

@@ -24,7 +24,8 @@
 //! multiplications. Combining costs a validity check, up to `k` share checks and one `k`-term
 //! multi-scalar multiplication. There is no cheap aggregate check of decryption shares (the
 //! plaintext carries no redundancy to check a combination against), so [`combine`] verifies
-//! every share it uses. Messages: threshold decryption of one ciphertext takes one share from
+//! every share it uses; [`combine_verified`] serves a caller that has checked each share once
+//! as it arrived. Messages: threshold decryption of one ciphertext takes one share from
 //! each node, `n` messages of constant size when sent to one combiner, `n²` when every node
 //! combines.
 //!
@@ -655,7 +656,49 @@ pub fn combine(
             bad_signers,
         });
     }
-    // C3: h^r = u^x by Lagrange interpolation in the exponent, then unmask.
+    let plaintext = interpolate_and_unmask(public, ct, &valid)?;
+    Ok((plaintext, bad_signers))
+}
+
+/// Step C3 alone, for a caller that checks every share once as it arrives: the plaintext of
+/// `ct` from the first `threshold` shares of `shares` (keyed by signer), *without* checking
+/// `ct` or any share again.
+///
+/// The caller must have checked `ct` (with [`Ciphertext::verify`], or by [`decrypt_share`]
+/// succeeding on it) and every share it passes (with [`verify_share`] against this `ct`, or by
+/// making it with [`decrypt_share`]), and key each share by its `index`: an unchecked invalid
+/// share yields a wrong plaintext (never a secret: only public values are combined). Errors:
+/// a key outside `0..n`, or fewer than `threshold` shares.
+pub fn combine_verified(
+    public: &Tdh2PublicKey,
+    ct: &Ciphertext,
+    shares: &BTreeMap<usize, DecryptionShare>,
+) -> Result<Vec<u8>, Tdh2Error> {
+    if let Some((&index, _)) = shares.range(public.n..).next() {
+        return Err(Tdh2Error::IndexOutOfRange { index, n: public.n });
+    }
+    let valid: Vec<(usize, RistrettoPoint)> = shares
+        .iter()
+        .take(public.threshold)
+        .map(|(&signer, share)| (signer, share.u_i))
+        .collect();
+    if valid.len() < public.threshold {
+        return Err(Tdh2Error::NotEnoughValidShares {
+            valid: valid.len(),
+            needed: public.threshold,
+            bad_signers: Vec::new(),
+        });
+    }
+    interpolate_and_unmask(public, ct, &valid)
+}
+
+/// C3: `h^r = u^x` by Lagrange interpolation in the exponent of the `(signer, u_i)` pairs, then
+/// unmask `c`.
+fn interpolate_and_unmask(
+    public: &Tdh2PublicKey,
+    ct: &Ciphertext,
+    valid: &[(usize, RistrettoPoint)],
+) -> Result<Vec<u8>, Tdh2Error> {
     // The shares are public, so a variable-time multi-scalar multiplication is fine; it is
     // several times faster than k separate multiplications.
     let indices: Vec<usize> = valid.iter().map(|(i, _)| *i).collect();
@@ -666,7 +709,7 @@ pub fn combine(
     ));
     let mut plaintext = ct.c.clone();
     apply_key_stream(&shared, &ct.u_bytes, &ct.label, &mut plaintext);
-    Ok((plaintext, bad_signers))
+    Ok(plaintext)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1237,6 +1280,57 @@ mod tests {
         assert_eq!(
             decrypt_share(&public, &outside, &ct1, &mut rng),
             Err(Tdh2Error::IndexOutOfRange { index: 4, n: 4 })
+        );
+    }
+
+    #[test]
+    fn combine_verified_uses_the_first_threshold_shares_unchecked() {
+        let (public, _, ct, shares) = setup(7, 3, b"checked once", b"L", 9);
+        let five = share_map(&shares, &[0, 2, 3, 5, 6]);
+        assert_eq!(
+            combine_verified(&public, &ct, &five).unwrap(),
+            b"checked once"
+        );
+        // Only the first `threshold` shares are used: a bad one after them changes nothing.
+        let g = RistrettoPoint::mul_base(&Scalar::ONE);
+        let mut late_bad = five.clone();
+        late_bad.insert(
+            6,
+            DecryptionShare {
+                u_i: shares[6].u_i + g,
+                ..shares[6].clone()
+            },
+        );
+        assert_eq!(
+            combine_verified(&public, &ct, &late_bad).unwrap(),
+            b"checked once"
+        );
+        // It checks nothing: an unchecked bad share among the first three garbles the output.
+        let mut early_bad = five;
+        early_bad.insert(
+            0,
+            DecryptionShare {
+                u_i: shares[0].u_i + g,
+                ..shares[0].clone()
+            },
+        );
+        assert_ne!(
+            combine_verified(&public, &ct, &early_bad).unwrap(),
+            b"checked once"
+        );
+        assert_eq!(
+            combine_verified(&public, &ct, &share_map(&shares, &[1, 4])),
+            Err(Tdh2Error::NotEnoughValidShares {
+                valid: 2,
+                needed: 3,
+                bad_signers: vec![]
+            })
+        );
+        let mut outside = share_map(&shares, &[1, 2, 4]);
+        outside.insert(7, shares[0].clone());
+        assert_eq!(
+            combine_verified(&public, &ct, &outside),
+            Err(Tdh2Error::IndexOutOfRange { index: 7, n: 7 })
         );
     }
 
