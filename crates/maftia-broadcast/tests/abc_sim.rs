@@ -19,22 +19,23 @@
 //!
 //! The big sweeps use the fast, insecure threshold signer of `maftia_sim::insecure_crypto` and
 //! real Ed25519 identities dealt from the seed; a few seeds run with real BLS key sets.
+mod support;
+
 use maftia_broadcast::abc::{
     batch_message, Abc, AbcDelivery, AbcFault, AbcParams, Message, BATCH_SIGNATURE_CONTEXT,
     ROUND_WINDOW,
 };
 use maftia_broadcast::ThresholdKeys;
 use maftia_broadcast::{cbc, mvba};
-use maftia_core::{GroupConfig, NodeId};
-use maftia_crypto::bls::{self, BlsThresholdSigner, KeySetId};
+use maftia_core::NodeId;
 use maftia_crypto::identity::{IdentityKey, IdentityPublicKey};
 use maftia_crypto::threshold::ThresholdSigner;
-use maftia_sim::insecure_crypto::InsecureThresholdSigner;
 use maftia_sim::{byzantine_nodes, check_seeds, Adversary, Sim, SimConfig, SimFailure, Strategy};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use support::{bls_keys, config, insecure_keys};
 
 /// Seeds per (n, strategy) in the default run with the insecure signer.
 const SEEDS: u64 = 200;
@@ -47,14 +48,6 @@ const SHARED_REQUESTS: usize = 2;
 /// Prefix of every request a Byzantine node may get delivered.
 const BYZANTINE_TAG: &[u8] = b"byz";
 
-fn faulty(n: usize) -> usize {
-    (n - 1) / 3
-}
-
-fn config(n: usize) -> GroupConfig {
-    GroupConfig::asynchronous(n, faulty(n)).unwrap()
-}
-
 /// Small batches: a node with its own and shared requests needs at least two rounds.
 fn params() -> AbcParams {
     AbcParams {
@@ -64,56 +57,6 @@ fn params() -> AbcParams {
         max_pending: 16,
         dedup_rounds: 16,
     }
-}
-
-/// The threshold key sets of a group, one bundle per node.
-fn insecure_keys(n: usize) -> Vec<ThresholdKeys<InsecureThresholdSigner>> {
-    let group = config(n);
-    let coin = InsecureThresholdSigner::deal(n, group.one_honest(), "abc sim coin");
-    let cbc = InsecureThresholdSigner::deal(n, group.echo_quorum(), "abc sim cbc");
-    let quorum = InsecureThresholdSigner::deal(n, group.quorum(), "abc sim quorum");
-    (0..n)
-        .map(|i| {
-            ThresholdKeys::new(
-                &group,
-                NodeId(i as u16),
-                Arc::new(coin[i].clone()),
-                Arc::new(cbc[i].clone()),
-                Arc::new(quorum[i].clone()),
-            )
-            .unwrap()
-        })
-        .collect()
-}
-
-fn bls_keys(n: usize, seed: u64) -> Vec<ThresholdKeys<BlsThresholdSigner>> {
-    let group = config(n);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut deal = |id: KeySetId| -> Vec<Arc<BlsThresholdSigner>> {
-        let (public, secrets) = bls::deal(id, n, id.threshold(n, group.f()), &mut rng).unwrap();
-        let public = Arc::new(public);
-        secrets
-            .into_iter()
-            .map(|s| Arc::new(BlsThresholdSigner::new(public.clone(), s).unwrap()))
-            .collect()
-    };
-    let (coin, cbc, quorum) = (
-        deal(KeySetId::Coin),
-        deal(KeySetId::Cbc),
-        deal(KeySetId::Quorum),
-    );
-    (0..n)
-        .map(|i| {
-            ThresholdKeys::new(
-                &group,
-                NodeId(i as u16),
-                coin[i].clone(),
-                cbc[i].clone(),
-                quorum[i].clone(),
-            )
-            .unwrap()
-        })
-        .collect()
 }
 
 /// Real Ed25519 identities, dealt deterministically from the seed.
@@ -540,30 +483,30 @@ fn sweep<S: ThresholdSigner + 'static>(keys: &[ThresholdKeys<S>], seeds: u64) {
 
 #[test]
 fn sweep_n4_every_strategy() {
-    sweep(&insecure_keys(4), SEEDS);
+    sweep(&insecure_keys(4, "abc sim"), SEEDS);
 }
 
 #[test]
 fn sweep_n7_every_strategy() {
-    sweep(&insecure_keys(7), SEEDS);
+    sweep(&insecure_keys(7, "abc sim"), SEEDS);
 }
 
 // n = 10 is the slowest sweep (Ed25519 verification dominates): split in two tests so that
 // the test harness runs the halves in parallel.
 #[test]
 fn sweep_n10_first_half_of_the_strategies() {
-    sweep_strategies(&insecure_keys(10), &Strategy::all()[..4], SEEDS);
+    sweep_strategies(&insecure_keys(10, "abc sim"), &Strategy::all()[..4], SEEDS);
 }
 
 #[test]
 fn sweep_n10_second_half_of_the_strategies() {
-    sweep_strategies(&insecure_keys(10), &Strategy::all()[4..], SEEDS);
+    sweep_strategies(&insecure_keys(10, "abc sim"), &Strategy::all()[4..], SEEDS);
 }
 
 #[test]
 fn honest_runs_deliver_everything_with_no_faults() {
     for n in [1, 4, 7] {
-        let keys = insecure_keys(n);
+        let keys = insecure_keys(n, "abc sim");
         let stored = stored_check(&keys, 1);
         let mut rounds = Vec::new();
         check_seeds(50, |seed| {
@@ -591,7 +534,7 @@ fn honest_runs_deliver_everything_with_no_faults() {
 #[test]
 fn far_future_floods_are_reported_and_bounded() {
     for n in [4, 7] {
-        let keys = insecure_keys(n);
+        let keys = insecure_keys(n, "abc sim");
         let stored = stored_check(&keys, 1);
         let bound = stored.bound;
         let (mut runs, mut future_faults, mut max_stored) = (0, 0, 0);
@@ -620,7 +563,7 @@ fn far_future_floods_are_reported_and_bounded() {
 /// total order and agreement on it).
 #[test]
 fn byzantine_batches_are_reported_or_ordered() {
-    let keys = insecure_keys(4);
+    let keys = insecure_keys(4, "abc sim");
     let stored = stored_check(&keys, 16);
     let mut totals: BTreeMap<String, usize> = BTreeMap::new();
     for strategy in [
@@ -673,7 +616,7 @@ fn bls_sweep_n4() {
 /// Same seed, same run.
 #[test]
 fn runs_are_reproducible() {
-    let keys = insecure_keys(4);
+    let keys = insecure_keys(4, "abc sim");
     let trace = |seed: u64| {
         let (identity_keys, registry) = identities(4, seed);
         let factory_keys = keys.clone();

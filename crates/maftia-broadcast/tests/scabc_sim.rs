@@ -26,6 +26,8 @@
 //! At quiescence: **validity** (every honest-submitted request is output by every honest node),
 //! **termination** (honest nodes output the same number of entries, none pending) and, in an
 //! honest run, no faults at all.
+mod support;
+
 use maftia_broadcast::abc::{
     self, batch_message, AbcParams, BATCH_SIGNATURE_CONTEXT, ROUND_WINDOW,
 };
@@ -36,17 +38,16 @@ use maftia_broadcast::scabc::{
 };
 use maftia_broadcast::ThresholdKeys;
 use maftia_core::codec::{self, HEADER_LEN};
-use maftia_core::{GroupConfig, NodeId, Protocol, ProtocolStep};
-use maftia_crypto::bls::{self, BlsThresholdSigner, KeySetId};
+use maftia_core::{NodeId, Protocol, ProtocolStep};
 use maftia_crypto::identity::{IdentityKey, IdentityPublicKey};
 use maftia_crypto::tdh2::{self, Tdh2Error, Tdh2PublicKey, Tdh2SecretShare};
 use maftia_crypto::threshold::ThresholdSigner;
-use maftia_sim::insecure_crypto::InsecureThresholdSigner;
 use maftia_sim::{byzantine_nodes, check_seeds, Adversary, Sim, SimConfig, SimFailure, Strategy};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
+use support::{bls_keys, config, insecure_keys};
 
 /// Seeds per (n, strategy) in the default run.
 const SEEDS: u64 = 200;
@@ -54,14 +55,6 @@ const SEEDS: u64 = 200;
 const BLS_SEEDS: u64 = 1;
 /// Label prefix of every request a Byzantine node may get delivered.
 const BYZANTINE_TAG: &[u8] = b"byz";
-
-fn faulty(n: usize) -> usize {
-    (n - 1) / 3
-}
-
-fn config(n: usize) -> GroupConfig {
-    GroupConfig::asynchronous(n, faulty(n)).unwrap()
-}
 
 fn params() -> AbcParams {
     AbcParams {
@@ -76,55 +69,6 @@ fn params() -> AbcParams {
 // ---------------------------------------------------------------------------------------------
 // Keys
 // ---------------------------------------------------------------------------------------------
-
-fn insecure_keys(n: usize) -> Vec<ThresholdKeys<InsecureThresholdSigner>> {
-    let group = config(n);
-    let coin = InsecureThresholdSigner::deal(n, group.one_honest(), "scabc sim coin");
-    let cbc = InsecureThresholdSigner::deal(n, group.echo_quorum(), "scabc sim cbc");
-    let quorum = InsecureThresholdSigner::deal(n, group.quorum(), "scabc sim quorum");
-    (0..n)
-        .map(|i| {
-            ThresholdKeys::new(
-                &group,
-                NodeId(i as u16),
-                Arc::new(coin[i].clone()),
-                Arc::new(cbc[i].clone()),
-                Arc::new(quorum[i].clone()),
-            )
-            .unwrap()
-        })
-        .collect()
-}
-
-fn bls_keys(n: usize, seed: u64) -> Vec<ThresholdKeys<BlsThresholdSigner>> {
-    let group = config(n);
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut deal = |id: KeySetId| -> Vec<Arc<BlsThresholdSigner>> {
-        let (public, secrets) = bls::deal(id, n, id.threshold(n, group.f()), &mut rng).unwrap();
-        let public = Arc::new(public);
-        secrets
-            .into_iter()
-            .map(|s| Arc::new(BlsThresholdSigner::new(public.clone(), s).unwrap()))
-            .collect()
-    };
-    let (coin, cbc, quorum) = (
-        deal(KeySetId::Coin),
-        deal(KeySetId::Cbc),
-        deal(KeySetId::Quorum),
-    );
-    (0..n)
-        .map(|i| {
-            ThresholdKeys::new(
-                &group,
-                NodeId(i as u16),
-                coin[i].clone(),
-                cbc[i].clone(),
-                quorum[i].clone(),
-            )
-            .unwrap()
-        })
-        .collect()
-}
 
 /// A run's TDH2 key (threshold f + 1) and Ed25519 identities, dealt from the seed.
 #[derive(Clone)]
@@ -937,23 +881,23 @@ fn sweep<S: ThresholdSigner + 'static>(keys: &[ThresholdKeys<S>], seeds: u64) {
 
 #[test]
 fn sweep_n4_every_strategy() {
-    sweep(&insecure_keys(4), SEEDS);
+    sweep(&insecure_keys(4, "scabc sim"), SEEDS);
 }
 
 #[test]
 fn sweep_n7_every_strategy() {
-    sweep(&insecure_keys(7), SEEDS);
+    sweep(&insecure_keys(7, "scabc sim"), SEEDS);
 }
 
 #[test]
 fn sweep_n10_every_strategy() {
-    sweep(&insecure_keys(10), SEEDS);
+    sweep(&insecure_keys(10, "scabc sim"), SEEDS);
 }
 
 #[test]
 fn honest_runs_deliver_everything_with_no_faults() {
     for n in [1, 4, 7] {
-        let keys = insecure_keys(n);
+        let keys = insecure_keys(n, "scabc sim");
         let options = Options {
             stored_every: 1,
             extra_requesters: 3,
@@ -978,7 +922,7 @@ fn byzantine_nodes_learn_nothing_before_ordering() {
     let mut runs = 0;
     let mut saw_ciphertext = 0;
     for n in [4, 7] {
-        let keys = insecure_keys(n);
+        let keys = insecure_keys(n, "scabc sim");
         let options = Options {
             watch_secret: true,
             ..Options::default()
@@ -1011,7 +955,7 @@ fn tampered_ciphertexts_and_invalid_shares() {
     let mut invalid_share_faults = 0;
     let mut junk_outputs = 0;
     for n in [4, 7] {
-        let keys = insecure_keys(n);
+        let keys = insecure_keys(n, "scabc sim");
         let options = Options::default();
         check_seeds(TAMPERS.len() as u64 * 4, |seed| {
             let report = run_case(&keys, Some(&Strategy::InvalidShares), seed, &options)?;
@@ -1036,7 +980,7 @@ fn tampered_ciphertexts_and_invalid_shares() {
 #[test]
 fn far_future_floods_are_reported_and_bounded() {
     for n in [4, 7] {
-        let keys = insecure_keys(n);
+        let keys = insecure_keys(n, "scabc sim");
         let options = Options {
             stored_every: 1,
             full_flood: true,
@@ -1080,7 +1024,7 @@ fn bls_sweep_n4() {
 /// Same seed, same run.
 #[test]
 fn runs_are_reproducible() {
-    let keys = insecure_keys(4);
+    let keys = insecure_keys(4, "scabc sim");
     let trace = |seed: u64| {
         let run = run_keys(4, seed);
         let factory_keys = keys.clone();
