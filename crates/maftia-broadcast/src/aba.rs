@@ -68,7 +68,10 @@
 //! the BLS backend):
 //! - **agreement**: no two honest nodes decide differently;
 //! - **validity**: if all honest nodes that input, input `b`, only `b` can be decided (a
-//!   round-1 pre-vote for `¬b` needs `f+1` pre-processing shares on `¬b`, one of them honest);
+//!   round-1 pre-vote for `¬b` needs `f+1` pre-processing shares on `¬b`, one of them honest).
+//!   Equivalently, in the stronger form MVBA relies on: a decided value was the input of some
+//!   honest node — every justified pre-vote and main-vote, in every round, traces back to a
+//!   round-1 pre-vote, which needs an honest pre-processing share on its value;
 //! - **integrity**: each honest node outputs exactly once;
 //! - **termination**: with probability 1 if every honest node eventually gets an input or a
 //!   decision proof; the expected number of rounds is constant (each round, with probability at
@@ -1306,52 +1309,13 @@ mod tests {
     use super::*;
     use maftia_core::Fault;
     use maftia_crypto::threshold::Combined;
-    use maftia_sim::insecure_crypto::{InsecureShare, InsecureSignature, InsecureThresholdSigner};
+    use maftia_sim::insecure_crypto::{
+        CountingSigner as Counting, InsecureSignature, InsecureThresholdSigner,
+    };
     use rand::SeedableRng;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     const INSTANCE: &[u8] = b"unit aba";
-
-    /// The insecure signer, counting signature and share verifications.
-    struct Counting {
-        inner: InsecureThresholdSigner,
-        verifies: Arc<AtomicUsize>,
-        share_verifies: Arc<AtomicUsize>,
-    }
-
-    impl ThresholdSigner for Counting {
-        type Share = InsecureShare;
-        type Signature = InsecureSignature;
-        fn n(&self) -> usize {
-            self.inner.n()
-        }
-        fn threshold(&self) -> usize {
-            self.inner.threshold()
-        }
-        fn our_index(&self) -> SignerIndex {
-            self.inner.our_index()
-        }
-        fn sign_share(&self, message: &[u8]) -> InsecureShare {
-            self.inner.sign_share(message)
-        }
-        fn verify_share(&self, signer: SignerIndex, message: &[u8], share: &InsecureShare) -> bool {
-            self.share_verifies.fetch_add(1, Ordering::Relaxed);
-            self.inner.verify_share(signer, message, share)
-        }
-        fn verify(&self, message: &[u8], signature: &InsecureSignature) -> bool {
-            self.verifies.fetch_add(1, Ordering::Relaxed);
-            self.inner.verify(message, signature)
-        }
-        fn combine_unchecked(
-            &self,
-            shares: &[(SignerIndex, &InsecureShare)],
-        ) -> Result<InsecureSignature, CombineError> {
-            self.inner.combine_unchecked(shares)
-        }
-        fn signature_bytes(&self, signature: &InsecureSignature) -> Vec<u8> {
-            self.inner.signature_bytes(signature)
-        }
-    }
 
     type Msg = AbaMessage<Counting>;
 

@@ -90,11 +90,12 @@ pub fn verify_certificate<S: ThresholdSigner>(
 ))]
 pub enum Message<Share, Signature> {
     /// Step 1, proposer to all: the payload.
-    Send(Vec<u8>),
+    Send(#[serde(with = "crate::wire::bytes")] Vec<u8>),
     /// Step 2, node to proposer: a signature share on the echo message.
     Echo(Share),
     /// Step 3, anyone to all: the payload and its certificate.
     Final {
+        #[serde(with = "crate::wire::bytes")]
         payload: Vec<u8>,
         certificate: Signature,
     },
@@ -300,8 +301,40 @@ impl<S: ThresholdSigner> Cbc<S> {
         self.our_id == self.proposer
     }
 
-    /// Step 2: echo the first `Send` from the proposer.
-    fn handle_send(&mut self, from: NodeId, payload: Vec<u8>, step: &mut ProtocolStep<Self>) {
+    /// [`Protocol::handle_message`] for a parent that has already hashed the payload of a
+    /// `Send` or `Final`: `known_digest` must be [`payload_digest`] of that message's payload
+    /// (it is ignored for an `Echo`). Saves hashing a large payload twice.
+    pub(crate) fn handle_message_with_digest(
+        &mut self,
+        from: NodeId,
+        message: CbcMessage<S>,
+        known_digest: Option<Digest>,
+    ) -> ProtocolStep<Self> {
+        let mut step = Step::new();
+        if !self.config.contains(from) {
+            step.fault(from, CbcFault::NotAMember);
+            return step;
+        }
+        match message {
+            Message::Send(payload) => self.handle_send(from, payload, known_digest, &mut step),
+            Message::Echo(share) => self.handle_echo(from, share, &mut step),
+            Message::Final {
+                payload,
+                certificate,
+            } => self.handle_final(from, payload, certificate, known_digest, &mut step),
+        }
+        step
+    }
+
+    /// Step 2: echo the first `Send` from the proposer. `known_digest`, if given, is
+    /// [`payload_digest`]`(payload)` (see [`Cbc::handle_message_with_digest`]).
+    fn handle_send(
+        &mut self,
+        from: NodeId,
+        payload: Vec<u8>,
+        known_digest: Option<Digest>,
+        step: &mut ProtocolStep<Self>,
+    ) {
         if from != self.proposer {
             step.fault(from, CbcFault::SendFromNonProposer);
             return;
@@ -316,7 +349,7 @@ impl<S: ThresholdSigner> Cbc<S> {
             );
             return;
         }
-        let digest = payload_digest(&payload);
+        let digest = known_digest.unwrap_or_else(|| payload_digest(&payload));
         match self.echoed {
             Some(first) if first == digest => {} // a duplicate: already echoed
             Some(first) => {
@@ -469,12 +502,14 @@ impl<S: ThresholdSigner> Cbc<S> {
         }
     }
 
-    /// Step 4: deliver on the first valid `Final`, from any sender.
+    /// Step 4: deliver on the first valid `Final`, from any sender. `known_digest`, if given,
+    /// is [`payload_digest`]`(payload)`.
     fn handle_final(
         &mut self,
         from: NodeId,
         payload: Vec<u8>,
         certificate: S::Signature,
+        known_digest: Option<Digest>,
         step: &mut ProtocolStep<Self>,
     ) {
         if self.delivered.is_some() {
@@ -493,7 +528,9 @@ impl<S: ThresholdSigner> Cbc<S> {
         if self.invalid_final_senders.contains(&from) {
             return; // already proven faulty: one verification per faulty sender at most
         }
-        if self.verify_certificate(&payload, &certificate) {
+        let digest = known_digest.unwrap_or_else(|| payload_digest(&payload));
+        let echo = echo_message(&self.instance, self.proposer, &digest);
+        if self.signer.verify(&echo, &certificate) {
             self.delivered = Some(CbcDelivery {
                 payload: payload.clone(),
                 certificate: certificate.clone(),
@@ -565,20 +602,7 @@ impl<S: ThresholdSigner> Protocol for Cbc<S> {
         message: CbcMessage<S>,
         _rng: &mut dyn RngCore,
     ) -> ProtocolStep<Self> {
-        let mut step = Step::new();
-        if !self.config.contains(from) {
-            step.fault(from, CbcFault::NotAMember);
-            return step;
-        }
-        match message {
-            Message::Send(payload) => self.handle_send(from, payload, &mut step),
-            Message::Echo(share) => self.handle_echo(from, share, &mut step),
-            Message::Final {
-                payload,
-                certificate,
-            } => self.handle_final(from, payload, certificate, &mut step),
-        }
-        step
+        self.handle_message_with_digest(from, message, None)
     }
 
     /// Delivered and, at the proposer, `Final` sent. A node that has delivered has seen a

@@ -14,6 +14,11 @@
 //!   order and one binary agreement per candidate.
 //! - [`abc`]: atomic broadcast in rounds of signed request batches ordered by MVBA
 //!   (Cachin–Kursawe–Petzold–Shoup 2001, Sec. 4), with bounded deduplication.
+//! - [`htabc`]: high-throughput atomic broadcast (Dumbo-NG, Gao et al. CCS 2022): per-node
+//!   lanes of certified, hash-chained batches; MVBA epochs agree only on the lanes' certified
+//!   heights.
+//! - [`atomic`]: the atomic broadcast interface with the ordering mode chosen by configuration
+//!   (CKPS01 rounds or the high-throughput lanes).
 //! - [`scabc`]: secure causal atomic broadcast — ABC of TDH2-encrypted requests, decrypted with
 //!   `f + 1` shares only after their position is fixed (Cachin–Kursawe–Petzold–Shoup 2001,
 //!   Sec. 5).
@@ -26,10 +31,13 @@
 
 pub mod aba;
 pub mod abc;
+pub mod atomic;
 pub mod cbc;
+pub mod htabc;
 pub mod keys;
 pub mod mvba;
 pub mod rbc;
 pub mod scabc;
+mod wire;
 
 pub use keys::ThresholdKeys;

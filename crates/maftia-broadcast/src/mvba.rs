@@ -64,7 +64,7 @@
 //! per node, and per attempt `n²` votes (a 1-vote carries the value: `O(n² · |v|)` bits) plus one
 //! ABA; expected attempts below 3, so expected `O(n²)` messages and `O(n² · |v|)` bits overall.
 //! Computation: every node verifies each proposal's certificate at most once (a certified value
-//! is cached by proposer and digest, and a proposal `Final` is not handed to its CBC child once
+//! is cached by proposer and value, and a proposal `Final` is not handed to its CBC child once
 //! the value is known from a 1-vote; a voter whose certificate failed is not heard again in that
 //! attempt), combines the coin once (optimistically: one signature verification unless shares
 //! are invalid, each share verified at most once), and evaluates `Q` at most once per proposer
@@ -129,6 +129,7 @@ pub enum Vote<Signature> {
     Zero,
     /// 1: the candidate's value and its CBC certificate.
     One {
+        #[serde(with = "crate::wire::bytes")]
         value: Vec<u8>,
         certificate: Signature,
     },
@@ -295,11 +296,10 @@ fn node_of(index: usize) -> NodeId {
     NodeId(u16::try_from(index).unwrap_or(u16::MAX))
 }
 
-/// A certified proposal: the value, its CBC certificate and `H(value)`.
+/// A certified proposal: the value and its CBC certificate.
 struct Certified<Signature> {
     value: Vec<u8>,
     certificate: Signature,
-    digest: Digest,
 }
 
 /// What became of the first `Send` each broadcaster sent us (the `Q` check of step 1).
@@ -331,6 +331,7 @@ impl SendFilter {
         &mut self,
         broadcaster: NodeId,
         payload: &[u8],
+        digest: Digest,
         check: impl FnOnce(&[u8]) -> bool,
     ) -> Admission {
         let Some(slot) = self.first.get_mut(broadcaster.index()) else {
@@ -339,7 +340,7 @@ impl SendFilter {
         match slot {
             None => {
                 let valid = check(payload);
-                *slot = Some((payload_digest(payload), valid));
+                *slot = Some((digest, valid));
                 if valid {
                     Admission::Pass
                 } else {
@@ -632,20 +633,25 @@ impl<S: ThresholdSigner> Mvba<S> {
         from: NodeId,
         proposer: NodeId,
         message: cbc::CbcMessage<S>,
-        rng: &mut dyn RngCore,
+        _rng: &mut dyn RngCore,
         step: &mut ProtocolStep<Self>,
     ) {
         if !self.config.contains(proposer) {
             step.fault(from, MvbaFault::UnknownBroadcaster { index: proposer.0 });
             return;
         }
+        // The payload digest of a `Send` or `Final` the child will hash: computed once here
+        // and handed to the child (and to the delivery below) instead of three times.
+        let mut known_digest = None;
         if let cbc::Message::Send(payload) = &message {
             // Step 1: echo only proposals that satisfy Q; the size check is the child's.
             if from == proposer && payload.len() <= self.max_value {
                 let validator = &self.validator;
+                let digest = payload_digest(payload);
+                known_digest = Some(digest);
                 match self
                     .proposal_filter
-                    .admit(proposer, payload, |v| validator.is_valid(v))
+                    .admit(proposer, payload, digest, |v| validator.is_valid(v))
                 {
                     Admission::Pass => {}
                     Admission::Reject => {
@@ -664,27 +670,38 @@ impl<S: ThresholdSigner> Mvba<S> {
         let Some(child) = self.proposals.get_mut(proposer.index()) else {
             return;
         };
-        let child_step = child.handle_message(from, message, rng);
+        let mut final_digest = None;
+        if let cbc::Message::Final { payload, .. } = &message {
+            if child.delivered().is_none() && payload.len() <= self.max_value {
+                final_digest = Some(payload_digest(payload));
+                known_digest = final_digest;
+            }
+        }
+        // CBC draws no randomness: the digest-taking entry point has no `rng`.
+        let child_step = child.handle_message_with_digest(from, message, known_digest);
         let deliveries = step.extend_with(
             child_step,
             |m| Message::Proposal(proposer, m),
             |fault| MvbaFault::Proposal { proposer, fault },
         );
         for delivery in deliveries {
-            self.on_proposal_delivered(proposer, delivery, step);
+            // A delivery on a `Final` is that message's payload, whose digest we hold.
+            self.on_proposal_delivered(proposer, delivery, final_digest, step);
         }
     }
 
+    /// `known_digest`, if given, is [`payload_digest`] of the delivered payload.
     fn on_proposal_delivered(
         &mut self,
         proposer: NodeId,
         delivery: CbcDelivery<S::Signature>,
+        known_digest: Option<Digest>,
         step: &mut ProtocolStep<Self>,
     ) {
         if self.certified.contains_key(&proposer) {
             return; // CBC consistency: the same value, already learned from a 1-vote
         }
-        let digest = payload_digest(&delivery.payload);
+        let digest = known_digest.unwrap_or_else(|| payload_digest(&delivery.payload));
         // A certificate needs an honest echo, and honest nodes echo only values satisfying Q;
         // check anyway unless we checked this very payload before echoing it.
         if !self.proposal_filter.validated(proposer, &digest)
@@ -698,7 +715,6 @@ impl<S: ThresholdSigner> Mvba<S> {
             Certified {
                 value: delivery.payload,
                 certificate: delivery.certificate,
-                digest,
             },
         );
         self.try_decide(step);
@@ -721,9 +737,12 @@ impl<S: ThresholdSigner> Mvba<S> {
         let (n, quorum) = (self.n(), self.quorum());
         if let cbc::Message::Send(payload) = &message {
             if from == committer && payload.len() <= commit_bitmap_len(n) {
-                match self.commit_filter.admit(committer, payload, |bitmap| {
-                    decode_commit(n, quorum, bitmap).is_some()
-                }) {
+                let digest = payload_digest(payload);
+                match self
+                    .commit_filter
+                    .admit(committer, payload, digest, |bitmap| {
+                        decode_commit(n, quorum, bitmap).is_some()
+                    }) {
                     Admission::Pass => {}
                     Admission::Reject => {
                         step.fault(from, MvbaFault::InvalidCommit);
@@ -1039,10 +1058,11 @@ impl<S: ThresholdSigner> Mvba<S> {
         certificate: S::Signature,
         step: &mut ProtocolStep<Self>,
     ) -> bool {
-        let digest = payload_digest(&value);
         if let Some(known) = self.certified.get(&candidate) {
-            if known.digest == digest {
-                return true; // verified before: skip the cost
+            if known.value == value {
+                // Verified before: skip the cost (a byte comparison is several times cheaper
+                // than hashing a large value again).
+                return true;
             }
         }
         let tag = proposal_tag(&self.instance, candidate);
@@ -1060,14 +1080,8 @@ impl<S: ThresholdSigner> Mvba<S> {
             step.fault(from, MvbaFault::InvalidValue);
             return false;
         }
-        self.certified.insert(
-            candidate,
-            Certified {
-                value,
-                certificate,
-                digest,
-            },
-        );
+        self.certified
+            .insert(candidate, Certified { value, certificate });
         true
     }
 
@@ -1315,7 +1329,7 @@ impl<S: ThresholdSigner> Protocol for Mvba<S> {
             },
         );
         for delivery in deliveries {
-            self.on_proposal_delivered(our_id, delivery, &mut step);
+            self.on_proposal_delivered(our_id, delivery, None, &mut step);
         }
         self.progress(&mut step, rng);
         Ok(step)
@@ -1367,50 +1381,13 @@ mod tests {
     use super::*;
     use maftia_core::{Fault, TargetedMessage};
     use maftia_crypto::threshold::Combined;
-    use maftia_sim::insecure_crypto::{InsecureShare, InsecureSignature, InsecureThresholdSigner};
+    use maftia_sim::insecure_crypto::{
+        CountingSigner as Counting, InsecureSignature, InsecureThresholdSigner,
+    };
     use rand::SeedableRng;
     use rand_chacha::ChaCha8Rng;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// The insecure simulation signer, counting this handle's signature verifications.
-    struct Counting {
-        inner: InsecureThresholdSigner,
-        verifications: Arc<AtomicUsize>,
-    }
-
-    impl ThresholdSigner for Counting {
-        type Share = InsecureShare;
-        type Signature = InsecureSignature;
-        fn n(&self) -> usize {
-            self.inner.n()
-        }
-        fn threshold(&self) -> usize {
-            self.inner.threshold()
-        }
-        fn our_index(&self) -> SignerIndex {
-            self.inner.our_index()
-        }
-        fn sign_share(&self, message: &[u8]) -> InsecureShare {
-            self.inner.sign_share(message)
-        }
-        fn verify_share(&self, signer: SignerIndex, message: &[u8], share: &InsecureShare) -> bool {
-            self.inner.verify_share(signer, message, share)
-        }
-        fn verify(&self, message: &[u8], signature: &InsecureSignature) -> bool {
-            self.verifications.fetch_add(1, Ordering::Relaxed);
-            self.inner.verify(message, signature)
-        }
-        fn combine_unchecked(
-            &self,
-            shares: &[(SignerIndex, &InsecureShare)],
-        ) -> Result<InsecureSignature, CombineError> {
-            self.inner.combine_unchecked(shares)
-        }
-        fn signature_bytes(&self, signature: &InsecureSignature) -> Vec<u8> {
-            self.inner.signature_bytes(signature)
-        }
-    }
 
     type TestMvba = Mvba<Counting>;
     type TestMessage = MvbaMessage<Counting>;
@@ -1447,10 +1424,7 @@ mod tests {
         cbc_checks: Arc<AtomicUsize>,
     ) -> ThresholdKeys<Counting> {
         let wrap = |s: &InsecureThresholdSigner, counter: Arc<AtomicUsize>| {
-            Arc::new(Counting {
-                inner: s.clone(),
-                verifications: counter,
-            })
+            Arc::new(Counting::new(s.clone(), counter, Arc::default()))
         };
         let i = id.index();
         ThresholdKeys::new(
@@ -1672,10 +1646,7 @@ mod tests {
             Mvba::new(config, id, b"x".to_vec(), keys, Arc::new(StartsWithOk), MAX).err()
         };
         let wrap = |s: &InsecureThresholdSigner| {
-            Arc::new(Counting {
-                inner: s.clone(),
-                verifications: Arc::default(),
-            })
+            Arc::new(Counting::new(s.clone(), Arc::default(), Arc::default()))
         };
         let keys = |coin: &InsecureThresholdSigner,
                     cbc: &InsecureThresholdSigner,

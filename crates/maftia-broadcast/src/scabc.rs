@@ -7,8 +7,10 @@
 //! under a label — the client's id and sequence number, say — with [`encrypt_request`]; the
 //! resulting bytes are this protocol's input. Then:
 //!
-//! 1. **Order.** The ciphertext is a request of the atomic broadcast [`crate::abc`] underneath
-//!    (CKPS01 Sec. 5 a-broadcasts the ciphertext).
+//! 1. **Order.** The ciphertext is a request of the atomic broadcast underneath (CKPS01 Sec. 5
+//!    a-broadcasts the ciphertext): [`crate::abc`] by default, or the high-throughput lanes of
+//!    [`crate::htabc`] ([`Scabc::with_mode`], [`OrderingMode`]), whose epochs play the part of
+//!    rounds below. Either way ABC delivers numbered batches of ordered requests.
 //! 2. **Check.** When ABC delivers round `r`, the position of each of its requests in the total
 //!    order is fixed: entry `(r, i)` is the `i`-th request of the round. Every node checks each
 //!    entry: it must be the canonical encoding of a TDH2 ciphertext ([`decode_request`]) that
@@ -96,7 +98,9 @@
 //! sent when they delivered the entry's round. [`Scabc::stored_messages`] counts ABC's stored
 //! messages, every stored decryption share and every pending entry;
 //! [`Scabc::stored_messages_bound`] states the bound.
-use crate::abc::{self, Abc, AbcError, AbcFault, AbcParams};
+use crate::abc::{self, AbcError, AbcFault, AbcParams};
+use crate::atomic::{AtomicBroadcast, AtomicError, AtomicFault, AtomicMessage, OrderingMode};
+use crate::htabc::{self, HtAbcError, HtAbcFault};
 use crate::keys::ThresholdKeys;
 use maftia_core::codec::{self, DecodeError, EncodeError};
 use maftia_core::{GroupConfig, NodeId, Protocol, ProtocolStep, Step, Target};
@@ -164,7 +168,7 @@ fn shares_digest(shares: &[IndexedShare]) -> Digest {
     hasher.finalize().into()
 }
 
-/// One node's keys: the TDH2 key (threshold `f + 1`) and everything [`Abc::new`] needs.
+/// One node's keys: the TDH2 key (threshold `f + 1`) and everything [`crate::abc::Abc::new`] needs.
 pub struct ScabcKeys<S> {
     pub tdh2_public: Arc<Tdh2PublicKey>,
     /// This node's share of the decryption key (index = node id).
@@ -212,6 +216,8 @@ pub enum Message<Share, Signature> {
         round: u64,
         shares: Vec<IndexedShare>,
     },
+    /// Step 1 in the high-throughput mode: a message of the [`crate::htabc`] underneath.
+    HtAbc(htabc::Message<Share, Signature>),
 }
 
 /// The message type of a [`Scabc`] instance using signer `S`.
@@ -248,6 +254,10 @@ pub enum ScabcFault {
     NotAMember,
     /// Misbehaviour in the atomic broadcast underneath.
     Abc(AbcFault),
+    /// Misbehaviour in the high-throughput atomic broadcast underneath.
+    HtAbc(HtAbcFault),
+    /// A message of the ordering mode this node does not run.
+    WrongMode,
     /// Shares for a round beyond `current + ROUND_WINDOW` (or this node lags that far).
     FutureShares { round: u64, current: u64 },
     /// A share list that is empty, longer than a round can be, or not by increasing index.
@@ -293,7 +303,41 @@ pub enum ScabcError {
     Encode(#[from] EncodeError),
     #[error("abc: {0}")]
     Abc(#[from] AbcError),
+    #[error("htabc: {0}")]
+    HtAbc(#[from] HtAbcError),
+    #[error("an epoch of up to {entries} entries has share lists above the message limit")]
+    EpochTooLarge { entries: usize },
 }
+
+impl From<AtomicError> for ScabcError {
+    fn from(error: AtomicError) -> Self {
+        match error {
+            AtomicError::Ckps01(error) => ScabcError::Abc(error),
+            AtomicError::HighThroughput(error) => ScabcError::HtAbc(error),
+        }
+    }
+}
+
+/// Our ABC message as an SC-ABC message.
+fn wrap_message<Share, Signature>(
+    message: AtomicMessage<Share, Signature>,
+) -> Message<Share, Signature> {
+    match message {
+        AtomicMessage::Ckps01(message) => Message::Abc(message),
+        AtomicMessage::HighThroughput(message) => Message::HtAbc(message),
+    }
+}
+
+fn wrap_fault(fault: AtomicFault) -> ScabcFault {
+    match fault {
+        AtomicFault::Ckps01(fault) => ScabcFault::Abc(fault),
+        AtomicFault::HighThroughput(fault) => ScabcFault::HtAbc(fault),
+        AtomicFault::WrongMode => ScabcFault::WrongMode,
+    }
+}
+
+/// Upper bound on one encoded [`IndexedShare`] in a share list.
+const INDEXED_SHARE_BYTES: usize = 112;
 
 /// Where one ordered entry stands.
 enum EntryState {
@@ -340,10 +384,11 @@ struct EarlyShares {
 pub struct Scabc<S: ThresholdSigner> {
     config: GroupConfig,
     our_id: NodeId,
-    abc: Abc<S>,
+    abc: AtomicBroadcast<S>,
     tdh2_public: Arc<Tdh2PublicKey>,
     tdh2_secret: Tdh2SecretShare,
-    /// Most entries one round can deliver: `n · batch_size`.
+    /// Most entries one round can deliver: `n · batch_size` (times `lane_window` for an epoch
+    /// of the high-throughput mode, whose decided heights advance at most `lane_window` slots).
     max_entries_per_round: usize,
     /// Every round below this one is fully output.
     output_round: u64,
@@ -355,7 +400,7 @@ pub struct Scabc<S: ThresholdSigner> {
     sequence: u64,
 }
 
-impl<S: ThresholdSigner> Scabc<S> {
+impl<S: ThresholdSigner + Send + Sync + 'static> Scabc<S> {
     /// An SC-ABC instance at `our_id`.
     ///
     /// `instance` is a caller-chosen tag unique to this ordering service; the ABC underneath
@@ -368,6 +413,19 @@ impl<S: ThresholdSigner> Scabc<S> {
         instance: Vec<u8>,
         keys: ScabcKeys<S>,
         params: AbcParams,
+    ) -> Result<Self, ScabcError> {
+        Self::with_mode(config, our_id, instance, keys, params, OrderingMode::Ckps01)
+    }
+
+    /// An SC-ABC instance ordering with the atomic broadcast of `mode` (every member must run
+    /// the same mode; [`Scabc::new`] is the CKPS01 mode).
+    pub fn with_mode(
+        config: GroupConfig,
+        our_id: NodeId,
+        instance: Vec<u8>,
+        keys: ScabcKeys<S>,
+        params: AbcParams,
+        mode: OrderingMode,
     ) -> Result<Self, ScabcError> {
         if !config.contains(our_id) {
             return Err(ScabcError::NotAMember {
@@ -391,7 +449,7 @@ impl<S: ThresholdSigner> Scabc<S> {
         {
             return Err(ScabcError::Tdh2ShareMismatch { our_id });
         }
-        let abc = Abc::new(
+        let abc = AtomicBroadcast::new(
             config,
             our_id,
             abc_instance(&instance),
@@ -399,17 +457,33 @@ impl<S: ThresholdSigner> Scabc<S> {
             keys.identity,
             keys.identities,
             params,
+            mode,
         )?;
-        // A round's shares always fit a message: each valid entry is a ciphertext of at least
-        // 128 bytes in a decided value that ABC keeps below MAX_MESSAGE_SIZE / 2, and its share
-        // takes at most 104 bytes.
+        let max_entries_per_round = match mode {
+            OrderingMode::Ckps01 => config.n().saturating_mul(params.batch_size),
+            OrderingMode::HighThroughput(ht) => config
+                .n()
+                .saturating_mul(params.batch_size)
+                .saturating_mul(usize::try_from(ht.lane_window).unwrap_or(usize::MAX)),
+        };
+        // CKPS01: a round's shares always fit a message: each valid entry is a ciphertext of at
+        // least 128 bytes in a decided value that ABC keeps below MAX_MESSAGE_SIZE / 2, and its
+        // share takes at most 104 bytes. An epoch of the high-throughput mode is not one
+        // message, so check its share list against the limit.
+        if max_entries_per_round.saturating_mul(INDEXED_SHARE_BYTES)
+            > maftia_core::codec::MAX_MESSAGE_SIZE / 2
+        {
+            return Err(ScabcError::EpochTooLarge {
+                entries: max_entries_per_round,
+            });
+        }
         Ok(Scabc {
             config,
             our_id,
             abc,
             tdh2_public: keys.tdh2_public,
             tdh2_secret: keys.tdh2_secret,
-            max_entries_per_round: config.n().saturating_mul(params.batch_size),
+            max_entries_per_round,
             output_round: 0,
             pending: BTreeMap::new(),
             early: BTreeMap::new(),
@@ -418,7 +492,7 @@ impl<S: ThresholdSigner> Scabc<S> {
     }
 
     /// The atomic broadcast underneath.
-    pub fn abc(&self) -> &Abc<S> {
+    pub fn abc(&self) -> &AtomicBroadcast<S> {
         &self.abc
     }
 
@@ -489,11 +563,11 @@ impl<S: ThresholdSigner> Scabc<S> {
     /// Fold an ABC step into ours and handle the rounds it delivered.
     fn absorb_abc(
         &mut self,
-        child: ProtocolStep<Abc<S>>,
+        child: ProtocolStep<AtomicBroadcast<S>>,
         rng: &mut dyn RngCore,
         step: &mut ProtocolStep<Self>,
     ) {
-        let deliveries = step.extend_with(child, Message::Abc, ScabcFault::Abc);
+        let deliveries = step.extend_with(child, wrap_message, wrap_fault);
         for delivery in deliveries {
             self.on_round_ordered(delivery, rng, step);
         }
@@ -757,7 +831,7 @@ impl<S: ThresholdSigner> Scabc<S> {
     }
 }
 
-impl<S: ThresholdSigner> Protocol for Scabc<S> {
+impl<S: ThresholdSigner + Send + Sync + 'static> Protocol for Scabc<S> {
     type Message = ScabcMessage<S>;
     /// An encoded ciphertext ([`encrypt_request`]).
     type Input = Vec<u8>;
@@ -804,7 +878,15 @@ impl<S: ThresholdSigner> Protocol for Scabc<S> {
         }
         match message {
             Message::Abc(message) => {
-                let child = self.abc.handle_message(from, message, rng);
+                let child = self
+                    .abc
+                    .handle_message(from, AtomicMessage::Ckps01(message), rng);
+                self.absorb_abc(child, rng, &mut step);
+            }
+            Message::HtAbc(message) => {
+                let child =
+                    self.abc
+                        .handle_message(from, AtomicMessage::HighThroughput(message), rng);
                 self.absorb_abc(child, rng, &mut step);
             }
             Message::Shares { round, shares } => {

@@ -16,13 +16,14 @@
 //! (github.com/amiller/HoneyBadgerBFT/issues/59): a scheduler that knows the next coin keeps
 //! the honest nodes split forever; against the threshold coin, released only after `n−f`
 //! main-votes, it must guess, and agreement follows within a few rounds.
+mod support;
+
 use maftia_broadcast::aba::{
     coin_name, mainvote_message, prevote_message, stored_messages_bound, Aba, AbaFault, AbaMessage,
     MainVote, Message, PreVoteJustification, ROUND_WINDOW,
 };
-use maftia_broadcast::ThresholdKeys;
-use maftia_core::{GroupConfig, NodeId, Protocol, Target};
-use maftia_crypto::bls::{self, BlsThresholdSigner, KeySetId};
+use maftia_core::{NodeId, Protocol, Target};
+use maftia_crypto::bls::BlsThresholdSigner;
 use maftia_crypto::coin::{coin_share, combine_coin};
 use maftia_crypto::threshold::ThresholdSigner;
 use maftia_sim::insecure_crypto::InsecureThresholdSigner;
@@ -32,6 +33,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
+use support::{
+    bls_key_sets, check_agreement, check_no_honest_accused, config, faulty, faulty_set,
+    insecure_key_sets, KeySets,
+};
 
 /// Seeds per (n, strategy) in the default run with the insecure signer.
 const SEEDS: u64 = 200;
@@ -39,84 +44,17 @@ const SEEDS: u64 = 200;
 const BLS_SEEDS: u64 = 3;
 const INSTANCE: &[u8] = b"aba sim";
 
-fn faulty(n: usize) -> usize {
-    (n - 1) / 3
-}
-
-fn config(n: usize) -> GroupConfig {
-    GroupConfig::asynchronous(n, faulty(n)).unwrap()
-}
-
-/// One handle per node on each of the three key sets.
-struct KeySets<S> {
-    coin: Vec<Arc<S>>,
-    cbc: Vec<Arc<S>>,
-    quorum: Vec<Arc<S>>,
-}
-
-impl<S> Clone for KeySets<S> {
-    fn clone(&self) -> Self {
-        KeySets {
-            coin: self.coin.clone(),
-            cbc: self.cbc.clone(),
-            quorum: self.quorum.clone(),
-        }
-    }
-}
-
-impl<S: ThresholdSigner> KeySets<S> {
-    fn n(&self) -> usize {
-        self.coin.len()
-    }
-
-    fn keys(&self, id: NodeId) -> ThresholdKeys<S> {
-        let i = id.index();
-        ThresholdKeys::new(
-            &config(self.n()),
-            id,
-            self.coin[i].clone(),
-            self.cbc[i].clone(),
-            self.quorum[i].clone(),
-        )
-        .unwrap()
-    }
-
-    fn node(&self, id: NodeId, instance: &[u8]) -> Aba<S> {
-        Aba::new(config(self.n()), id, instance.to_vec(), self.keys(id)).unwrap()
-    }
+/// An ABA node of the group with `keys`.
+fn node<S: ThresholdSigner>(keys: &KeySets<S>, id: NodeId, instance: &[u8]) -> Aba<S> {
+    Aba::new(config(keys.n()), id, instance.to_vec(), keys.keys(id)).unwrap()
 }
 
 fn insecure_keys(n: usize) -> KeySets<InsecureThresholdSigner> {
-    let c = config(n);
-    let deal = |k, name| {
-        InsecureThresholdSigner::deal(n, k, name)
-            .into_iter()
-            .map(Arc::new)
-            .collect()
-    };
-    KeySets {
-        coin: deal(c.one_honest(), "aba coin"),
-        cbc: deal(c.echo_quorum(), "aba cbc"),
-        quorum: deal(c.quorum(), "aba quorum"),
-    }
+    insecure_key_sets(n, ["aba coin", "aba cbc", "aba quorum"])
 }
 
 fn bls_keys(n: usize) -> KeySets<BlsThresholdSigner> {
-    let mut rng = ChaCha8Rng::seed_from_u64(0xaba0 + n as u64);
-    let mut deal = |id: KeySetId| {
-        let k = id.threshold(n, faulty(n));
-        let (public, secrets) = bls::deal(id, n, k, &mut rng).unwrap();
-        let public = Arc::new(public);
-        secrets
-            .into_iter()
-            .map(|s| Arc::new(BlsThresholdSigner::new(public.clone(), s).unwrap()))
-            .collect()
-    };
-    KeySets {
-        coin: deal(KeySetId::Coin),
-        cbc: deal(KeySetId::Cbc),
-        quorum: deal(KeySetId::Quorum),
-    }
+    bls_key_sets(n, 0xaba0 + n as u64)
 }
 
 /// Real signatures, made once, on statements no honest node of [`INSTANCE`] ever signs: valid
@@ -367,16 +305,12 @@ fn run_case<S: ThresholdSigner + 'static>(
     seed: u64,
 ) -> Result<Report, SimFailure> {
     let n = keys.n();
-    let f = faulty(n);
-    let byzantine = match strategy {
-        Some(s) => byzantine_nodes(n, f, s, seed),
-        None => BTreeMap::new(),
-    };
+    let (byzantine, _) = faulty_set(n, strategy, seed);
     let factory_keys = keys.clone();
     let mut sim = Sim::new(
         SimConfig::new(n, seed),
         byzantine.clone(),
-        move |id: NodeId, _copy| factory_keys.node(id, INSTANCE),
+        move |id: NodeId, _copy| node(&factory_keys, id, INSTANCE),
         Box::new(AbaAdversary::new(keys.clone(), forged.clone())),
     );
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x1a9u64);
@@ -406,19 +340,12 @@ fn run_case<S: ThresholdSigner + 'static>(
     let bound = stored_messages_bound(n);
     let mut max_stored = 0;
     sim.run(|state| {
-        let mut decided: Option<(NodeId, bool)> = None;
         for id in state.honest() {
             let outputs = state.outputs(id);
             if outputs.len() > 1 {
                 return Err(format!("integrity: {id} output {outputs:?}"));
             }
             if let Some(&value) = outputs.first() {
-                if let Some((other, first)) = decided {
-                    if first != value {
-                        return Err(format!("agreement: {other} decided {first}, {id} {value}"));
-                    }
-                }
-                decided = Some((id, value));
                 if let Some(v) = unanimous {
                     if value != v {
                         return Err(format!(
@@ -433,17 +360,8 @@ fn run_case<S: ThresholdSigner + 'static>(
             }
             max_stored = max_stored.max(stored);
         }
-        if let Some((reporter, fault)) = state
-            .faults()
-            .iter()
-            .find(|(_, f)| state.is_honest(f.culprit))
-        {
-            return Err(format!(
-                "{reporter} accused honest {}: {:?}",
-                fault.culprit, fault.kind
-            ));
-        }
-        Ok(())
+        check_agreement(state, |value| value)?;
+        check_no_honest_accused(state)
     })?;
     let state = sim.state();
     let mut report = Report {
@@ -664,7 +582,7 @@ fn nodes_without_input_still_decide() {
     }
     // Late input after the decision.
     let keys = insecure_keys(4);
-    let mut nodes: Vec<Aba<_>> = NodeId::all(4).map(|id| keys.node(id, INSTANCE)).collect();
+    let mut nodes: Vec<Aba<_>> = NodeId::all(4).map(|id| node(&keys, id, INSTANCE)).collect();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let mut queue = VecDeque::new();
     for (i, node) in nodes.iter_mut().enumerate().take(3) {
@@ -739,7 +657,7 @@ const HONEST: [NodeId; 3] = [NodeId(0), NodeId(1), NodeId(2)];
 
 impl<S: ThresholdSigner> CoinAttack<S> {
     fn new(keys: KeySets<S>, instance: &[u8], seed: u64) -> Self {
-        let nodes = HONEST.iter().map(|id| keys.node(*id, instance)).collect();
+        let nodes = HONEST.iter().map(|id| node(&keys, *id, instance)).collect();
         CoinAttack {
             keys,
             nodes,
@@ -1083,7 +1001,7 @@ fn runs_are_reproducible() {
         let mut sim = Sim::new(
             SimConfig::new(7, seed),
             byzantine_nodes(7, 2, &Strategy::Replay, seed),
-            move |id: NodeId, _| factory_keys.node(id, INSTANCE),
+            move |id: NodeId, _| node(&factory_keys, id, INSTANCE),
             Box::new(AbaAdversary::new(keys.clone(), forged.clone())),
         );
         for id in NodeId::all(7) {

@@ -10,11 +10,13 @@
 //!
 //! The big sweeps use the fast, insecure signer of `maftia_sim::insecure_crypto`; a few seeds
 //! per configuration run with the real BLS threshold signatures (`KeySetId::Cbc`).
+mod support;
+
 use maftia_broadcast::cbc::{
     echo_message, payload_digest, verify_certificate, Cbc, CbcDelivery, CbcFault, Message,
 };
-use maftia_core::{GroupConfig, NodeId, Protocol};
-use maftia_crypto::bls::{self, BlsThresholdSigner, KeySetId};
+use maftia_core::{NodeId, Protocol};
+use maftia_crypto::bls::{BlsThresholdSigner, KeySetId};
 use maftia_crypto::threshold::ThresholdSigner;
 use maftia_sim::insecure_crypto::InsecureThresholdSigner;
 use maftia_sim::{byzantine_nodes, check_seeds, Adversary, Sim, SimConfig, SimFailure, Strategy};
@@ -22,6 +24,10 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use support::{
+    bls_key_set, check_agreement, check_clean_evidence, check_no_honest_accused, config,
+    faulty_set, insecure_key_set,
+};
 
 /// Largest payload the simulated instances accept.
 const MAX_PAYLOAD: usize = 256;
@@ -30,19 +36,8 @@ const SEEDS: u64 = 200;
 /// Seeds per (n, strategy) with real BLS signatures.
 const BLS_SEEDS: u64 = 5;
 
-fn faulty(n: usize) -> usize {
-    (n - 1) / 3
-}
-
-fn config(n: usize) -> GroupConfig {
-    GroupConfig::asynchronous(n, faulty(n)).unwrap()
-}
-
 fn insecure_signers(n: usize) -> Vec<Arc<InsecureThresholdSigner>> {
-    InsecureThresholdSigner::deal(n, config(n).echo_quorum(), "cbc")
-        .into_iter()
-        .map(Arc::new)
-        .collect()
+    insecure_key_set(n, config(n).echo_quorum(), "cbc")
 }
 
 fn bls_signers(n: usize) -> Vec<Arc<BlsThresholdSigner>> {
@@ -51,17 +46,7 @@ fn bls_signers(n: usize) -> Vec<Arc<BlsThresholdSigner>> {
 
 /// A CBC key set from the trusted dealer, one handle per node.
 fn bls_signers_with_seed(n: usize, seed: u64) -> Vec<Arc<BlsThresholdSigner>> {
-    assert_eq!(
-        KeySetId::Cbc.threshold(n, faulty(n)),
-        config(n).echo_quorum()
-    );
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let (public, secrets) = bls::deal(KeySetId::Cbc, n, config(n).echo_quorum(), &mut rng).unwrap();
-    let public = Arc::new(public);
-    secrets
-        .into_iter()
-        .map(|secret| Arc::new(BlsThresholdSigner::new(public.clone(), secret).unwrap()))
-        .collect()
+    bls_key_set(KeySetId::Cbc, n, &mut ChaCha8Rng::seed_from_u64(seed))
 }
 
 /// A certificate (a real group signature) on the echo message of another instance or proposer:
@@ -199,13 +184,7 @@ fn run_case<S: ThresholdSigner + 'static>(
 ) -> Result<RunReport, SimFailure> {
     let n = signers.len();
     let group = config(n);
-    let byzantine = match strategy {
-        Some(strategy) => byzantine_nodes(n, group.f(), strategy, seed),
-        None => BTreeMap::new(),
-    };
-    let honest: Vec<NodeId> = NodeId::all(n)
-        .filter(|id| !byzantine.contains_key(id))
-        .collect();
+    let (byzantine, honest) = faulty_set(n, strategy, seed);
     let proposer = match role {
         ProposerRole::Byzantine => *byzantine.keys().next().expect("a Byzantine node"),
         ProposerRole::Honest => honest[(seed % honest.len() as u64) as usize],
@@ -243,7 +222,6 @@ fn run_case<S: ThresholdSigner + 'static>(
     sim.input(proposer, |copy| payload_for(seed, copy))
         .map_err(|e| sim.fail(format!("proposer input refused: {e}")))?;
     sim.run(|state| {
-        let mut first: Option<(NodeId, &[u8])> = None;
         for id in state.honest() {
             let outputs = state.outputs(id);
             if outputs.len() > 1 {
@@ -257,27 +235,10 @@ fn run_case<S: ThresholdSigner + 'static>(
                     "integrity: {id} delivered a payload the proposer never input"
                 ));
             }
-            match first {
-                Some((other, payload)) if payload != delivery.payload.as_slice() => {
-                    return Err(format!(
-                        "consistency: {other} and {id} delivered different payloads"
-                    ))
-                }
-                Some(_) => {}
-                None => first = Some((id, &delivery.payload)),
-            }
         }
-        if let Some((reporter, fault)) = state
-            .faults()
-            .iter()
-            .find(|(_, f)| state.is_honest(f.culprit))
-        {
-            return Err(format!(
-                "{reporter} accused honest {}: {:?}",
-                fault.culprit, fault.kind
-            ));
-        }
-        Ok(())
+        // Consistency: honest deliveries agree on the payload.
+        check_agreement(state, |delivery| &delivery.payload)?;
+        check_no_honest_accused(state)
     })?;
 
     let state = sim.state();
@@ -314,21 +275,7 @@ fn run_case<S: ThresholdSigner + 'static>(
     {
         return Err(sim.fail("a proposer that never ran the protocol got a payload delivered"));
     }
-    if let Some((sender, _, e)) = state
-        .decode_failures()
-        .iter()
-        .find(|(_, from, _)| state.is_honest(*from))
-    {
-        return Err(sim.fail(format!(
-            "a frame from honest {sender} failed to decode: {e}"
-        )));
-    }
-    if strategy.is_none() && (!state.faults().is_empty() || !state.decode_failures().is_empty()) {
-        return Err(sim.fail(format!(
-            "an honest run recorded faults: {:?}",
-            state.faults()
-        )));
-    }
+    check_clean_evidence(&sim, strategy.is_none())?;
     report.invalid_share_evidence = state
         .faults()
         .iter()

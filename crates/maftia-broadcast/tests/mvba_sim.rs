@@ -13,24 +13,28 @@
 //!
 //! The big sweeps use the fast, insecure signer of `maftia_sim::insecure_crypto`; a few seeds run
 //! with real BLS threshold signatures for all three key sets.
+mod support;
+
 use maftia_broadcast::aba;
 use maftia_broadcast::cbc::{self, echo_message, payload_digest};
 use maftia_broadcast::mvba::{
     self, commit_bitmap_len, proposal_tag, Message, Mvba, MvbaFault, Validator, Vote,
 };
-use maftia_broadcast::ThresholdKeys;
-use maftia_core::{GroupConfig, NodeId, Protocol};
-use maftia_crypto::bls::{self, BlsThresholdSigner, KeySetId};
+use maftia_core::{NodeId, Protocol};
+use maftia_crypto::bls::BlsThresholdSigner;
 use maftia_crypto::threshold::ThresholdSigner;
 use maftia_sim::insecure_crypto::InsecureThresholdSigner;
 use maftia_sim::{
     byzantine_nodes, check_seeds, Adversary, Sim, SimConfig, SimFailure, SimState, Strategy,
 };
 use rand::seq::SliceRandom;
-use rand_chacha::ChaCha8Rng;
-use rand_core::{RngCore, SeedableRng};
+use rand_core::RngCore;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use support::{
+    bls_key_sets, check_agreement, check_clean_evidence, check_no_honest_accused, config,
+    faulty_set, insecure_key_sets, KeySets,
+};
 
 /// Largest proposal the simulated instances accept.
 const MAX_VALUE: usize = 128;
@@ -58,81 +62,12 @@ impl Validator for StartsWithOk {
     }
 }
 
-fn faulty(n: usize) -> usize {
-    (n - 1) / 3
-}
-
-fn config(n: usize) -> GroupConfig {
-    GroupConfig::asynchronous(n, faulty(n)).unwrap()
-}
-
-/// One handle per node on each of the three key sets.
-struct KeySets<S> {
-    coin: Vec<Arc<S>>,
-    cbc: Vec<Arc<S>>,
-    quorum: Vec<Arc<S>>,
-}
-
-impl<S> Clone for KeySets<S> {
-    fn clone(&self) -> Self {
-        KeySets {
-            coin: self.coin.clone(),
-            cbc: self.cbc.clone(),
-            quorum: self.quorum.clone(),
-        }
-    }
-}
-
-impl<S: ThresholdSigner> KeySets<S> {
-    fn n(&self) -> usize {
-        self.coin.len()
-    }
-
-    fn node(&self, id: NodeId) -> ThresholdKeys<S> {
-        let i = id.index();
-        ThresholdKeys::new(
-            &config(self.n()),
-            id,
-            self.coin[i].clone(),
-            self.cbc[i].clone(),
-            self.quorum[i].clone(),
-        )
-        .unwrap()
-    }
-}
-
 fn insecure_keys(n: usize) -> KeySets<InsecureThresholdSigner> {
-    let c = config(n);
-    let deal = |k, name| {
-        InsecureThresholdSigner::deal(n, k, name)
-            .into_iter()
-            .map(Arc::new)
-            .collect()
-    };
-    KeySets {
-        coin: deal(c.one_honest(), "coin"),
-        cbc: deal(c.echo_quorum(), "cbc"),
-        quorum: deal(c.quorum(), "quorum"),
-    }
+    insecure_key_sets(n, ["coin", "cbc", "quorum"])
 }
 
 fn bls_keys(n: usize) -> KeySets<BlsThresholdSigner> {
-    let c = config(n);
-    let mut rng = ChaCha8Rng::seed_from_u64(0x3b0a + n as u64);
-    let mut deal = |id: KeySetId, k: usize| {
-        assert_eq!(id.threshold(n, c.f()), k);
-        let (public, secrets) = bls::deal(id, n, k, &mut rng).unwrap();
-        let public = Arc::new(public);
-        secrets
-            .into_iter()
-            .map(|s| Arc::new(BlsThresholdSigner::new(public.clone(), s).unwrap()))
-            .collect()
-    };
-    KeySets {
-        coin: deal(KeySetId::Coin, c.one_honest()),
-        cbc: deal(KeySetId::Cbc, c.echo_quorum()),
-        quorum: deal(KeySetId::Quorum, c.quorum()),
-    }
+    bls_key_sets(n, 0x3b0a + n as u64)
 }
 
 type Msg<S> = Message<<S as ThresholdSigner>::Share, <S as ThresholdSigner>::Signature>;
@@ -381,13 +316,7 @@ fn run_case<S: ThresholdSigner + 'static>(
 ) -> Result<RunReport, SimFailure> {
     let n = keys.n();
     let group = config(n);
-    let byzantine = match strategy {
-        Some(strategy) => byzantine_nodes(n, group.f(), strategy, seed),
-        None => BTreeMap::new(),
-    };
-    let honest: Vec<NodeId> = NodeId::all(n)
-        .filter(|id| !byzantine.contains_key(id))
-        .collect();
+    let (byzantine, honest) = faulty_set(n, strategy, seed);
     let late = match inputs {
         Inputs::OneHonestLate => Some(honest[(seed % honest.len() as u64) as usize]),
         Inputs::AllAtStart => None,
@@ -433,7 +362,7 @@ fn run_case<S: ThresholdSigner + 'static>(
                 group,
                 id,
                 factory_instance.clone(),
-                factory_keys.node(id),
+                factory_keys.keys(id),
                 validator,
                 MAX_VALUE,
             )
@@ -444,7 +373,6 @@ fn run_case<S: ThresholdSigner + 'static>(
     let bound = mvba::stored_messages_bound(&config(n));
     let mut max_stored = 0;
     let mut invariant = |state: &SimState<Mvba<S>>| -> Result<(), String> {
-        let mut first: Option<(NodeId, &Vec<u8>)> = None;
         for id in state.honest() {
             let stored = state.node(id).stored_messages();
             max_stored = max_stored.max(stored);
@@ -461,29 +389,9 @@ fn run_case<S: ThresholdSigner + 'static>(
             if !StartsWithOk.is_valid(value) {
                 return Err(format!("external validity: {id} decided an invalid value"));
             }
-            match first {
-                Some((other, v)) if v != value => {
-                    return Err(format!(
-                        "agreement: {other} decided {:?}, {id} decided {:?}",
-                        String::from_utf8_lossy(v),
-                        String::from_utf8_lossy(value)
-                    ))
-                }
-                Some(_) => {}
-                None => first = Some((id, value)),
-            }
         }
-        if let Some((reporter, fault)) = state
-            .faults()
-            .iter()
-            .find(|(_, f)| state.is_honest(f.culprit))
-        {
-            return Err(format!(
-                "{reporter} accused honest {}: {:?}",
-                fault.culprit, fault.kind
-            ));
-        }
-        Ok(())
+        check_agreement(state, |value| value)?;
+        check_no_honest_accused(state)
     };
     for id in NodeId::all(n).filter(|id| Some(*id) != late) {
         sim.input(id, |copy| propose(id, copy))
@@ -530,21 +438,7 @@ fn run_case<S: ThresholdSigner + 'static>(
             report.attempts = node.deciding_attempt().map_or(0, |a| a + 1);
         }
     }
-    if let Some((sender, _, e)) = state
-        .decode_failures()
-        .iter()
-        .find(|(_, from, _)| state.is_honest(*from))
-    {
-        return Err(sim.fail(format!(
-            "a frame from honest {sender} failed to decode: {e}"
-        )));
-    }
-    if strategy.is_none() && (!state.faults().is_empty() || !state.decode_failures().is_empty()) {
-        return Err(sim.fail(format!(
-            "an honest run recorded faults: {:?}",
-            state.faults()
-        )));
-    }
+    check_clean_evidence(&sim, strategy.is_none())?;
     report.fault_kinds = state
         .faults()
         .iter()
@@ -762,7 +656,7 @@ fn runs_are_reproducible() {
                     group,
                     id,
                     b"repro".to_vec(),
-                    factory_keys.node(id),
+                    factory_keys.keys(id),
                     Arc::new(StartsWithOk),
                     MAX_VALUE,
                 )

@@ -188,7 +188,7 @@ struct Observed<S: ThresholdSigner> {
     inbox: Option<SharedInbox>,
 }
 
-impl<S: ThresholdSigner> Protocol for Observed<S> {
+impl<S: ThresholdSigner + Send + Sync + 'static> Protocol for Observed<S> {
     type Message = ScabcMessage<S>;
     type Input = Vec<u8>;
     type Output = ScabcOutput;
@@ -324,7 +324,7 @@ impl ScabcAdversary {
     }
 }
 
-impl<S: ThresholdSigner> Adversary<Observed<S>> for ScabcAdversary {
+impl<S: ThresholdSigner + Send + Sync + 'static> Adversary<Observed<S>> for ScabcAdversary {
     fn corrupt(
         &mut self,
         message: &ScabcMessage<S>,
@@ -382,7 +382,7 @@ impl<S: ThresholdSigner> Adversary<Observed<S>> for ScabcAdversary {
                     signature: key.sign(BATCH_SIGNATURE_CONTEXT, &message),
                 }))
             }
-            Message::Abc(_) => None,
+            Message::Abc(_) | Message::HtAbc(_) => None,
         }
     }
 
@@ -474,7 +474,7 @@ struct SecrecyReport {
     with_one_honest_share_decrypt: bool,
 }
 
-fn run_case<S: ThresholdSigner + 'static>(
+fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
     threshold_keys: &[ThresholdKeys<S>],
     strategy: Option<&Strategy>,
     seed: u64,
@@ -861,7 +861,7 @@ fn run_case<S: ThresholdSigner + 'static>(
 // ---------------------------------------------------------------------------------------------
 
 /// Every strategy at `f` nodes.
-fn sweep<S: ThresholdSigner + 'static>(keys: &[ThresholdKeys<S>], seeds: u64) {
+fn sweep<S: ThresholdSigner + Send + Sync + 'static>(keys: &[ThresholdKeys<S>], seeds: u64) {
     let options = Options {
         stored_every: 16,
         ..Options::default()

@@ -29,6 +29,8 @@ use maftia_crypto::hash::hash;
 use maftia_crypto::threshold::{CombineError, SignerIndex, ThresholdSigner};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 const CONTEXT_KEY_SET: &str = "maftia 2026-11 INSECURE sim threshold key set";
 const CONTEXT_SIGNATURE: &str = "maftia 2026-11 INSECURE sim threshold signature";
@@ -155,6 +157,80 @@ impl ThresholdSigner for InsecureThresholdSigner {
 
     fn signature_bytes(&self, signature: &InsecureSignature) -> Vec<u8> {
         signature.0.to_vec()
+    }
+}
+
+/// An [`InsecureThresholdSigner`] that counts the verifications made through it, for tests that
+/// check a protocol never verifies the same signature or share twice. **INSECURE** like the
+/// signer it wraps.
+///
+/// Every [`ThresholdSigner::verify`] call adds one to `verifies`, every
+/// [`ThresholdSigner::verify_share`] call one to `share_verifies`; everything else is the inner
+/// signer's. Counters are shared handles: give several signers the same counter to count a
+/// whole group's verifications, or each its own.
+#[derive(Clone, Debug)]
+pub struct CountingSigner {
+    pub inner: InsecureThresholdSigner,
+    /// Signature verifications ([`ThresholdSigner::verify`]) so far.
+    pub verifies: Arc<AtomicUsize>,
+    /// Share verifications ([`ThresholdSigner::verify_share`]) so far.
+    pub share_verifies: Arc<AtomicUsize>,
+}
+
+impl CountingSigner {
+    /// Wrap `inner`, counting into the given counters.
+    pub fn new(
+        inner: InsecureThresholdSigner,
+        verifies: Arc<AtomicUsize>,
+        share_verifies: Arc<AtomicUsize>,
+    ) -> Self {
+        CountingSigner {
+            inner,
+            verifies,
+            share_verifies,
+        }
+    }
+}
+
+impl ThresholdSigner for CountingSigner {
+    type Share = InsecureShare;
+    type Signature = InsecureSignature;
+
+    fn n(&self) -> usize {
+        self.inner.n()
+    }
+
+    fn threshold(&self) -> usize {
+        self.inner.threshold()
+    }
+
+    fn our_index(&self) -> SignerIndex {
+        self.inner.our_index()
+    }
+
+    fn sign_share(&self, message: &[u8]) -> InsecureShare {
+        self.inner.sign_share(message)
+    }
+
+    fn verify_share(&self, signer: SignerIndex, message: &[u8], share: &InsecureShare) -> bool {
+        self.share_verifies.fetch_add(1, Ordering::Relaxed);
+        self.inner.verify_share(signer, message, share)
+    }
+
+    fn verify(&self, message: &[u8], signature: &InsecureSignature) -> bool {
+        self.verifies.fetch_add(1, Ordering::Relaxed);
+        self.inner.verify(message, signature)
+    }
+
+    fn combine_unchecked(
+        &self,
+        shares: &[(SignerIndex, &InsecureShare)],
+    ) -> Result<InsecureSignature, CombineError> {
+        self.inner.combine_unchecked(shares)
+    }
+
+    fn signature_bytes(&self, signature: &InsecureSignature) -> Vec<u8> {
+        self.inner.signature_bytes(signature)
     }
 }
 
@@ -285,6 +361,33 @@ mod tests {
         assert!(signers[0]
             .combine_unchecked(&[(0, s), (1, &all[&1]), (2, &all[&2])])
             .is_ok());
+    }
+
+    #[test]
+    fn counting_signer_counts_verifications_and_behaves_like_its_inner_signer() {
+        let (verifies, share_verifies) = (Arc::new(AtomicUsize::new(0)), Arc::default());
+        let signers: Vec<CountingSigner> = InsecureThresholdSigner::deal(4, 2, "k")
+            .into_iter()
+            .map(|s| CountingSigner::new(s, verifies.clone(), Arc::clone(&share_verifies)))
+            .collect();
+        let share = signers[1].sign_share(b"m");
+        assert!(signers[0].verify_share(1, b"m", &share));
+        assert!(!signers[2].verify_share(2, b"m", &share));
+        let all: BTreeMap<_, _> = signers[..2]
+            .iter()
+            .map(|s| (s.our_index(), s.sign_share(b"m")))
+            .collect();
+        let combined = signers[3].combine(b"m", &all).unwrap();
+        assert!(signers[0].verify(b"m", &combined.signature));
+        assert_eq!(
+            combined.signature,
+            signers[3].inner.combine(b"m", &all).unwrap().signature
+        );
+        // Two explicit share checks; one optimistic combine verification plus one explicit
+        // (the inner signer's own combine is not counted).
+        assert_eq!(share_verifies.load(Ordering::Relaxed), 2);
+        assert_eq!(verifies.load(Ordering::Relaxed), 2);
+        assert_eq!((signers[2].n(), signers[2].threshold()), (4, 2));
     }
 
     #[test]

@@ -895,3 +895,48 @@ fn a_node_behind_catches_up_from_the_rounds_messages() {
     assert_eq!(nodes[3].round(), rounds as u64);
     assert_eq!(nodes[0].pending(), 0);
 }
+
+/// The streaming definition of [`batch_message`] and [`request_digest`] (every length and
+/// request fed to the keyed hasher in turn), against which the staged, faster forms are pinned.
+fn reference_batch_message(
+    instance: &[u8],
+    round: u64,
+    sender: NodeId,
+    requests: &[Vec<u8>],
+) -> Digest {
+    let mut h = hasher(
+        BATCH_MESSAGE_CONTEXT,
+        &[instance, &round.to_le_bytes(), &sender.0.to_le_bytes()],
+    );
+    h.update(&(requests.len() as u64).to_le_bytes());
+    for request in requests {
+        h.update(&(request.len() as u64).to_le_bytes());
+        h.update(request);
+    }
+    h.finalize().into()
+}
+
+proptest! {
+    #[test]
+    fn staged_hashing_matches_the_streaming_definition(
+        sizes in proptest::collection::vec(
+            prop_oneof![0usize..300, 60_000usize..70_000, 140_000usize..150_000],
+            0..12,
+        ),
+        fill in any::<u8>(),
+        round in any::<u64>(),
+    ) {
+        let requests: Vec<Vec<u8>> = sizes
+            .iter()
+            .enumerate()
+            .map(|(i, size)| vec![fill.wrapping_add(i as u8); *size])
+            .collect();
+        prop_assert_eq!(
+            batch_message(b"inst", round, NodeId(3), &requests),
+            reference_batch_message(b"inst", round, NodeId(3), &requests)
+        );
+        for request in &requests {
+            prop_assert_eq!(request_digest(request), hash(REQUEST_DIGEST_CONTEXT, &[request]));
+        }
+    }
+}

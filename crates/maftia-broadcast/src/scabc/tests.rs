@@ -149,7 +149,7 @@ impl Net {
             .unwrap();
         match self.held.remove(at).2 {
             Message::Shares { shares, .. } => shares,
-            Message::Abc(_) => unreachable!(),
+            Message::Abc(_) | Message::HtAbc(_) => unreachable!(),
         }
     }
 }
