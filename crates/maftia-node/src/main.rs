@@ -1,12 +1,9 @@
-//! The `maftia` binary.
-//!
-//! Subcommands so far: `keygen` (trusted-dealer key generation for a group). Replica, testnet,
-//! demo, client and bench commands arrive with the issues that build their layers.
+//! The `maftia` binary: `keygen`, `node` (a replica), `testnet`, `status` and `bench`.
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use maftia_node::{bench, config::NodeConfig, keygen, node, testnet};
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-mod keygen;
 
 #[derive(Parser)]
 #[command(
@@ -35,14 +32,118 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run one replica: atomic broadcast over authenticated encrypted links, durable state in
+    /// `data_dir`, status/metrics/submit on the loopback management address. SIGTERM or SIGINT
+    /// stops it cleanly.
+    Node {
+        /// The replica's TOML configuration (fields documented in README.md).
+        #[arg(long)]
+        config: PathBuf,
+        /// TEST ONLY: misbehave on purpose (silent, garbage, equivocate, invalid-shares).
+        #[cfg(feature = "byzantine-test-modes")]
+        #[arg(long)]
+        byzantine: Option<node::ByzantineMode>,
+    },
+    /// Generate a local cluster (keys and one configuration per replica on free loopback
+    /// ports) with `--n/--f/--dir`, or start one with `testnet up --dir DIR`.
+    #[command(args_conflicts_with_subcommands = true)]
+    Testnet {
+        #[command(subcommand)]
+        action: Option<TestnetAction>,
+        /// Number of replicas.
+        #[arg(long)]
+        n: Option<usize>,
+        /// Tolerated intrusions (default (n - 1) / 3).
+        #[arg(long)]
+        f: Option<usize>,
+        /// Directory for keys, configurations, data and logs (must be new or empty).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print each replica's health from its management endpoint.
+    Status {
+        /// A testnet directory (every node-i.toml in it).
+        #[arg(long, conflicts_with = "config")]
+        dir: Option<PathBuf>,
+        /// One replica's configuration.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Benchmark the ordering protocols in process (real threshold crypto, every message
+    /// encoded): layers × n × batch sizes, a table on stdout, and results.json, results.csv and
+    /// SVG charts in --out. `--compare hbbft` needs a build with `--features compare-hbbft`.
+    Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum TestnetAction {
+    /// Start every replica of a testnet directory (logs in DIR/node-i.log); Ctrl-C stops all.
+    Up {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
+}
+
+fn init_logs(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Keygen { n, f, out } => keygen::run(n, f, &out),
+        #[cfg(feature = "byzantine-test-modes")]
+        Command::Node { config, byzantine } => run_node(config, byzantine),
+        #[cfg(not(feature = "byzantine-test-modes"))]
+        Command::Node { config } => run_node(config, None),
+        Command::Testnet {
+            action: Some(TestnetAction::Up { dir }),
+            ..
+        } => runtime()?.block_on(testnet::up(&dir)),
+        Command::Testnet {
+            action: None,
+            n,
+            f,
+            dir,
+        } => {
+            let n = n.context("--n is required (or use `maftia testnet up --dir DIR`)")?;
+            let dir = dir.context("--dir is required")?;
+            testnet::create(n, f, &dir).map(|_| ())
+        }
+        Command::Status { dir, config } => {
+            let paths = match (dir, config) {
+                (Some(dir), _) => testnet::configs(&dir)?,
+                (None, Some(config)) => vec![config],
+                (None, None) => anyhow::bail!("give --dir DIR or --config FILE"),
+            };
+            runtime()?.block_on(testnet::print_status(&paths))
+        }
+        Command::Bench(args) => bench::run(&args).map(|_| ()).map_err(Into::into),
+    }
+}
+
+fn run_node(config_path: PathBuf, byzantine: Option<node::ByzantineMode>) -> Result<()> {
+    let config = NodeConfig::load(&config_path)?;
+    init_logs(&config.log);
+    runtime()?.block_on(node::run(config, node::RunOptions { byzantine }))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
-        Command::Keygen { n, f, out } => keygen::run(n, f, &out),
-    };
-    match result {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");

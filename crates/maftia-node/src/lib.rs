@@ -1,0 +1,27 @@
+//! maftia-node: the replica daemon and the commands of the `maftia` binary.
+//!
+//! - [`durable`]: durability by deterministic replay — the [`durable::DurableReplica`] driver
+//!   (pure, no IO runtime) that logs events before acting on them;
+//! - [`config`]: the replica configuration file;
+//! - [`node`]: `maftia node`, the replica process (atomic broadcast over `maftia-net`);
+//! - [`management`]: the loopback HTTP endpoint (`/status`, `/metrics`, `/submit`);
+//! - [`testnet`]: `maftia testnet` (generate and start a local cluster) and `maftia status`;
+//! - [`bench`]: `maftia bench` (the in-process benchmark harness over a matrix, tables, JSON,
+//!   CSV and SVG charts; `--compare hbbft` with the `compare-hbbft` feature);
+//! - `byzantine` (feature `byzantine-test-modes`, TEST ONLY): misbehaving replicas for tests.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod bench;
+#[cfg(feature = "byzantine-test-modes")]
+pub mod byzantine;
+pub mod config;
+pub mod durable;
+pub mod keygen;
+pub mod management;
+pub mod metrics;
+pub mod node;
+pub mod testnet;
