@@ -1,271 +1,18 @@
 //! Process tests: real `maftia node` processes on loopback, configured by `maftia testnet`.
 //!
 //! Every wait is bounded; a failing test prints the tail of every replica's log.
-use maftia_node::management::StatusSnapshot;
+mod support;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
-
-const N: usize = 4;
-const STARTUP: Duration = Duration::from_secs(30);
-const ORDERING: Duration = Duration::from_secs(45);
-
-fn maftia() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_maftia"))
-}
-
-/// One HTTP request to a management endpoint: (status code, body).
-fn http(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> std::io::Result<(u16, Vec<u8>)> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    stream.set_read_timeout(Some(Duration::from_secs(15)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )?;
-    stream.write_all(body)?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response)?;
-    let end = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| std::io::Error::other("no HTTP head"))?;
-    let code = std::str::from_utf8(&response[9..12])
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| std::io::Error::other("no status code"))?;
-    Ok((code, response[end + 4..].to_vec()))
-}
-
-struct Replica {
-    config: PathBuf,
-    management: SocketAddr,
-    listen: SocketAddr,
-    log: PathBuf,
-    child: Option<Child>,
-}
-
-struct Cluster {
-    _dir: tempfile::TempDir,
-    replicas: Vec<Replica>,
-}
-
-fn field(text: &str, key: &str) -> String {
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key} = ")))
-        .unwrap_or_else(|| panic!("no {key} in config"))
-        .trim_matches('"')
-        .to_string()
-}
-
-impl Cluster {
-    /// Generate a testnet; start every replica (with `extra` arguments for replica i).
-    fn start(extra: impl Fn(usize) -> Vec<String>) -> Cluster {
-        Self::start_with(|text| text, extra)
-    }
-
-    /// As [`Cluster::start`], with every configuration file rewritten by `edit` first.
-    fn start_with(
-        edit: impl Fn(String) -> String,
-        extra: impl Fn(usize) -> Vec<String>,
-    ) -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let out = maftia()
-            .args(["testnet", "--n", "4", "--f", "1", "--dir"])
-            .arg(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let replicas = (0..N)
-            .map(|i| {
-                let config = dir.path().join(format!("node-{i}.toml"));
-                let text = edit(std::fs::read_to_string(&config).unwrap());
-                std::fs::write(&config, &text).unwrap();
-                Replica {
-                    management: field(&text, "management").parse().unwrap(),
-                    listen: field(&text, "listen").parse().unwrap(),
-                    log: dir.path().join(format!("node-{i}.log")),
-                    config,
-                    child: None,
-                }
-            })
-            .collect();
-        let mut cluster = Cluster {
-            _dir: dir,
-            replicas,
-        };
-        for i in 0..N {
-            cluster.spawn(i, &extra(i));
-        }
-        cluster.wait("all replicas up and connected", STARTUP, |s| {
-            s.iter()
-                .all(|s| s.as_ref().is_some_and(|s| s.peers_connected == N - 1))
-        });
-        cluster
-    }
-
-    fn spawn(&mut self, i: usize, extra: &[String]) {
-        let replica = &mut self.replicas[i];
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&replica.log)
-            .unwrap();
-        let child = maftia()
-            .arg("node")
-            .arg("--config")
-            .arg(&replica.config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        replica.child = Some(child);
-    }
-
-    fn status(&self, i: usize) -> Option<StatusSnapshot> {
-        let (code, body) = http(self.replicas[i].management, "GET", "/status", b"").ok()?;
-        (code == 200).then(|| serde_json::from_slice(&body).unwrap())
-    }
-
-    fn statuses(&self) -> Vec<Option<StatusSnapshot>> {
-        (0..N).map(|i| self.status(i)).collect()
-    }
-
-    fn logs(&self) -> String {
-        let mut all = String::new();
-        for (i, r) in self.replicas.iter().enumerate() {
-            let text = std::fs::read_to_string(&r.log).unwrap_or_default();
-            let tail: Vec<&str> = text.lines().rev().take(15).collect();
-            all.push_str(&format!("--- node {i} ---\n"));
-            for line in tail.iter().rev() {
-                all.push_str(line);
-                all.push('\n');
-            }
-        }
-        all
-    }
-
-    /// Poll the statuses until `done` holds, or fail with the logs after `timeout`.
-    fn wait(
-        &self,
-        what: &str,
-        timeout: Duration,
-        done: impl Fn(&[Option<StatusSnapshot>]) -> bool,
-    ) -> Vec<Option<StatusSnapshot>> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let statuses = self.statuses();
-            if done(&statuses) {
-                return statuses;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "timed out waiting for: {what}\nstatuses: {statuses:#?}\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-
-    /// Submit a request at replica i; retry a few times on 503.
-    fn submit(&self, i: usize, request: &str) {
-        for _ in 0..50 {
-            match http(
-                self.replicas[i].management,
-                "POST",
-                "/submit",
-                request.as_bytes(),
-            ) {
-                Ok((200, _)) => return,
-                Ok((503, _)) | Err(_) => std::thread::sleep(Duration::from_millis(100)),
-                Ok((code, body)) => panic!(
-                    "submit {request:?} at {i}: {code} {}",
-                    String::from_utf8_lossy(&body)
-                ),
-            }
-        }
-        panic!(
-            "submit {request:?} at {i}: replica keeps refusing\n{}",
-            self.logs()
-        );
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.replicas[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// SIGTERM replica i and return whether it exited successfully within 15 s.
-    fn terminate(&mut self, i: usize) -> bool {
-        let Some(mut child) = self.replicas[i].child.take() else {
-            return false;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = child.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        false
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for i in 0..N {
-            self.kill(i);
-        }
-    }
-}
-
-/// Whether `members` all delivered exactly `count` requests with one chain head.
-fn agreed(statuses: &[Option<StatusSnapshot>], members: &[usize], count: u64) -> bool {
-    let heads: Vec<Option<(u64, &str)>> = members
-        .iter()
-        .map(|i| {
-            statuses[*i]
-                .as_ref()
-                .map(|s| (s.delivered_requests, s.chain_head.as_str()))
-        })
-        .collect();
-    heads.iter().all(|h| h.is_some_and(|(c, _)| c == count))
-        && heads.windows(2).all(|w| w[0] == w[1])
-}
-
-fn evidence_against(status: &StatusSnapshot, peer: usize) -> Vec<String> {
-    status
-        .evidence
-        .get(&peer.to_string())
-        .map(|kinds| kinds.keys().cloned().collect())
-        .unwrap_or_default()
-}
+use support::{agreed, evidence_against, field, http, maftia, Cluster, N, ORDERING, STARTUP};
 
 #[test]
 fn four_replicas_order_a_stream_of_requests_and_shut_down_cleanly() {
-    let mut cluster = Cluster::start(|_| Vec::new());
+    let mut cluster = Cluster::start();
     let total = 40;
     for r in 0..total {
         // Each request at f + 1 = 2 replicas.
@@ -338,7 +85,7 @@ fn four_replicas_order_a_stream_of_requests_and_shut_down_cleanly() {
 
 #[test]
 fn a_replica_killed_mid_run_restarts_and_catches_up_without_contradicting_itself() {
-    let mut cluster = Cluster::start(|_| Vec::new());
+    let mut cluster = Cluster::start();
     for r in 0..10 {
         cluster.submit(0, &format!("before {r}"));
         cluster.submit(1, &format!("before {r}"));
@@ -407,7 +154,7 @@ fn garbage_at_the_replica_port_is_refused_and_the_replica_keeps_working() {
     use maftia_crypto::identity::IdentityKey;
     use maftia_net::handshake::{initiate, LocalIdentity};
     use maftia_node::config::NodeConfig;
-    let cluster = Cluster::start(|_| Vec::new());
+    let cluster = Cluster::start();
     for r in 0..6 {
         cluster.submit(0, &format!("early {r}"));
         cluster.submit(1, &format!("early {r}"));
@@ -665,13 +412,16 @@ fn bad_configurations_fail_with_clear_messages() {
 
 #[cfg(feature = "byzantine-test-modes")]
 fn byzantine_run(mode: &str, expected_evidence: Option<&str>) {
-    let mut cluster = Cluster::start(|i| {
-        if i == 3 {
-            vec!["--byzantine".into(), mode.into()]
-        } else {
-            Vec::new()
-        }
-    });
+    let mut cluster = Cluster::start_with(
+        |text| text,
+        |i| {
+            if i == 3 {
+                vec!["--byzantine".into(), mode.into()]
+            } else {
+                Vec::new()
+            }
+        },
+    );
     for r in 0..12 {
         cluster.submit(r % 3, &format!("{mode} {r}"));
         cluster.submit((r + 1) % 3, &format!("{mode} {r}"));

@@ -152,8 +152,14 @@ impl Cluster {
 
     /// Start every replica and wait until all are up and connected.
     pub fn start_all(&mut self) {
+        self.start_all_with(|_| Vec::new());
+    }
+
+    /// Start every replica (with `extra` arguments for replica i) and wait until all are up
+    /// and connected.
+    pub fn start_all_with(&mut self, extra: impl Fn(usize) -> Vec<String>) {
         for i in 0..N {
-            self.spawn(i, &[]);
+            self.spawn(i, &extra(i));
         }
         self.wait("all replicas up and connected", STARTUP, |s| {
             s.iter()
@@ -163,8 +169,20 @@ impl Cluster {
 
     /// Generate a testnet and start it.
     pub fn start() -> Cluster {
+        Cluster::start_with(|text| text, |_| Vec::new())
+    }
+
+    /// Generate a testnet, rewrite every configuration file with `edit`, then start every
+    /// replica (with `extra` arguments for replica i) and wait until all are up and connected.
+    pub fn start_with(
+        edit: impl Fn(String) -> String,
+        extra: impl Fn(usize) -> Vec<String>,
+    ) -> Cluster {
         let mut cluster = Cluster::generate();
-        cluster.start_all();
+        for i in 0..N {
+            cluster.edit_config(i, &edit);
+        }
+        cluster.start_all_with(extra);
         cluster
     }
 
@@ -265,6 +283,25 @@ impl Cluster {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// SIGTERM replica i and return whether it exited successfully within 15 s (killed if not).
+    pub fn terminate(&mut self, i: usize) -> bool {
+        let Some(mut child) = self.replicas[i].child.take() else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        false
     }
 }
 
