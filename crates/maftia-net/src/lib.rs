@@ -42,11 +42,24 @@
 //!   full); a frame refused for a peer is simply not sent to it, so protocols treat it like a
 //!   message still in flight and rely on their own retransmission/catch-up if it matters.
 //!   One connection task per direction per peer, so a peer that stops reading stalls only its
-//!   own queue. Receive side: frames go into one bounded channel; when the application does not
-//!   keep up, connection tasks stop reading their sockets (TCP backpressure). Tokio's bounded
-//!   channel hands out slots in FIFO order of the waiting tasks, so each peer gets its turn: one
-//!   flooding peer cannot starve the others. Unauthenticated inbound connections are capped
-//!   ([`NetLimits::max_pending_handshakes`], about 2 KB each) and must finish the handshake
+//!   own queue. Receive side: frames go into one channel bounded both in frames
+//!   ([`NetLimits::incoming_capacity`]) and in payload bytes ([`NetLimits::incoming_max_bytes`],
+//!   64 MiB by default). A connection task takes `payload.len()` bytes of that budget, then a
+//!   slot, before it puts a frame on the channel, and the [`Incoming`] carries the bytes until
+//!   the application drops it. When the application does not keep up, connection tasks wait for
+//!   budget or a slot without reading their sockets (TCP backpressure), so the receive side
+//!   holds at most `incoming_max_bytes` of delivered frames plus, per connection, one frame
+//!   being reassembled or waiting for budget. Every frame fits the budget (`incoming_max_bytes`
+//!   at least `max_frame_size` is checked at start). Tokio's semaphore (the budget) and bounded
+//!   channel both serve waiting tasks in FIFO order without barging, and each connection task
+//!   waits for one frame at a time, so each peer gets its turn: one flooding peer cannot starve
+//!   the others. The budget is shared, not partitioned: one peer may fill all of it while nobody
+//!   else sends (nothing is wasted when only one peer is busy), but a frame of another peer that
+//!   starts waiting gets its budget as soon as the application has dropped enough frames for it
+//!   and for at most one frame of each peer queued before it. It thus waits for at most the
+//!   budget plus `n - 2` frames of `max_frame_size` bytes to be consumed, never indefinitely; a
+//!   big frame is never overtaken by later small ones. Unauthenticated inbound connections are
+//!   capped ([`NetLimits::max_pending_handshakes`], about 2 KB each) and must finish the handshake
 //!   before a deadline; each authenticated peer has at most one inbound connection (a newer one
 //!   replaces it), whose reassembly buffer is at most one frame ([`NetLimits::max_frame_size`]).
 //!
@@ -65,7 +78,8 @@
 //! - **Caller-owned serialization.** `send` takes the already-encoded `Bytes` once and shares it
 //!   among all recipients; only encryption is per peer. [`Recipients`] maps one-to-one onto
 //!   `maftia_core::Target`, including self-delivery (a send that names our own id puts the
-//!   payload straight on our incoming channel, refused like any peer when that channel is full).
+//!   payload straight on our incoming channel, refused like any peer when that channel or the
+//!   byte budget is full).
 //! - The wire codecs are pure functions in [`frame`] (fuzzable); the reliable-link bookkeeping
 //!   is IO-free in [`link`].
 //!
@@ -124,6 +138,11 @@ pub struct NetLimits {
     pub queue_max_bytes: usize,
     /// Capacity of the incoming channel (frames).
     pub incoming_capacity: usize,
+    /// Byte budget of the receive side: the payload bytes of every received frame the
+    /// application has not dropped yet (in the incoming channel, or held as an [`Incoming`])
+    /// stay at or below this. Must be at least `max_frame_size` (so that every frame fits) and
+    /// at most `tokio::sync::Semaphore::MAX_PERMITS`.
+    pub incoming_max_bytes: usize,
     /// Deadline for TCP connect.
     pub connect_timeout: Duration,
     /// Deadline for the whole handshake (including the resume record).
@@ -150,6 +169,7 @@ impl Default for NetLimits {
             queue_max_frames: 8192,
             queue_max_bytes: 64 << 20,
             incoming_capacity: 4096,
+            incoming_max_bytes: 64 << 20,
             connect_timeout: Duration::from_secs(3),
             handshake_timeout: Duration::from_secs(5),
             max_pending_handshakes: 32,
@@ -233,10 +253,35 @@ impl From<&Target> for Recipients {
 }
 
 /// A frame received from an authenticated peer (or from ourselves).
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// It holds `payload.len()` bytes of the receive budget ([`NetLimits::incoming_max_bytes`])
+/// until it is dropped, together with its clones, which share the hold (moving `payload` out
+/// releases the budget when the rest of the value goes out of scope). Frames the application
+/// keeps therefore slow the peers down: drop them, or copy what must be kept, promptly.
+#[derive(Clone)]
 pub struct Incoming {
     pub from: NodeId,
     pub payload: Bytes,
+    /// The bytes of the receive budget this frame holds (released on drop).
+    _budget: Arc<network::BudgetHold>,
+}
+
+impl PartialEq for Incoming {
+    /// Frames are equal when sender and payload are; the budget hold is not part of the value.
+    fn eq(&self, other: &Self) -> bool {
+        self.from == other.from && self.payload == other.payload
+    }
+}
+
+impl Eq for Incoming {}
+
+impl std::fmt::Debug for Incoming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Incoming")
+            .field("from", &self.from)
+            .field("payload", &self.payload)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The outcome of one [`Network::send`].
@@ -296,9 +341,14 @@ pub struct NetStats {
     pub peers: BTreeMap<NodeId, PeerStats>,
     /// Connections refused before or during authentication, per reason (inbound and outbound).
     pub refused_handshakes: BTreeMap<RefusalReason, u64>,
-    /// Frames sent to ourselves and delivered, or refused (incoming channel full).
+    /// Frames sent to ourselves and delivered, or refused (incoming channel full or byte
+    /// budget exhausted).
     pub self_delivered: u64,
     pub self_refused: u64,
+    /// Payload bytes of received frames holding the receive budget (gauge): in the incoming
+    /// channel, or handed to the application and not dropped yet. Never above
+    /// [`NetLimits::incoming_max_bytes`].
+    pub incoming_bytes_queued: usize,
 }
 
 impl NetStats {

@@ -19,7 +19,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::io::{AsyncWriteExt, BufReader};
@@ -79,12 +79,48 @@ struct Peer {
     counters: PeerCounters,
 }
 
+/// The byte budget of the receive side ([`NetLimits::incoming_max_bytes`]): one semaphore
+/// permit per payload byte, plus a gauge of the bytes currently held.
+struct IncomingBudget {
+    /// FIFO without barging: a waiting frame is never overtaken by later, smaller ones.
+    permits: Arc<Semaphore>,
+    held: AtomicUsize,
+}
+
+/// The budget held by one delivered frame (shared by the clones of its [`Incoming`]); dropping
+/// it returns the bytes.
+pub(crate) struct BudgetHold {
+    budget: Arc<IncomingBudget>,
+    bytes: usize,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl BudgetHold {
+    /// Record `permit` (of `bytes` permits) as held.
+    fn new(budget: &Arc<IncomingBudget>, bytes: usize, permit: OwnedSemaphorePermit) -> Self {
+        budget.held.fetch_add(bytes, Ordering::Relaxed);
+        BudgetHold {
+            budget: budget.clone(),
+            bytes,
+            _permit: permit,
+        }
+    }
+}
+
+impl Drop for BudgetHold {
+    fn drop(&mut self) {
+        // Runs before the permit field is dropped: the gauge never exceeds the permits taken.
+        self.budget.held.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
 struct Shared {
     our_id: NodeId,
     limits: NetLimits,
     local: LocalIdentity,
     peers: BTreeMap<NodeId, Arc<Peer>>,
     incoming: mpsc::Sender<Incoming>,
+    incoming_budget: Arc<IncomingBudget>,
     refusals: Mutex<BTreeMap<RefusalReason, u64>>,
     self_delivered: AtomicU64,
     self_refused: AtomicU64,
@@ -208,6 +244,13 @@ fn check_config(config: &NetConfig) -> Result<(), NetError> {
                 .into(),
         );
     }
+    // Every frame must fit the receive budget, or its connection would wait for ever.
+    if l.incoming_max_bytes < l.max_frame_size || l.incoming_max_bytes > Semaphore::MAX_PERMITS {
+        return fail(format!(
+            "incoming_max_bytes must be in max_frame_size..={}",
+            Semaphore::MAX_PERMITS
+        ));
+    }
     if l.idle_timeout <= l.keepalive_interval || l.backoff_initial.is_zero() {
         return fail(
             "idle_timeout must exceed keepalive_interval; backoff_initial must be positive".into(),
@@ -270,6 +313,10 @@ impl Network {
             config.incarnation,
         )?;
         let (incoming, incoming_rx) = mpsc::channel(config.limits.incoming_capacity);
+        let incoming_budget = Arc::new(IncomingBudget {
+            permits: Arc::new(Semaphore::new(config.limits.incoming_max_bytes)),
+            held: AtomicUsize::new(0),
+        });
         let mut resume = config.resume;
         let peers = config
             .peers
@@ -301,6 +348,7 @@ impl Network {
             local,
             peers,
             incoming,
+            incoming_budget,
             refusals: Mutex::new(BTreeMap::new()),
             self_delivered: AtomicU64::new(0),
             self_refused: AtomicU64::new(0),
@@ -386,16 +434,31 @@ impl Network {
         Ok(report)
     }
 
+    /// Put `payload` (at most `max_frame_size` bytes) on our own incoming channel if the byte
+    /// budget and a slot are free right now.
     fn send_to_self(&self, payload: Bytes, report: &mut SendReport) {
-        let incoming = Incoming {
-            from: self.shared.our_id,
-            payload,
-        };
-        if self.shared.incoming.try_send(incoming).is_ok() {
-            bump(&self.shared.self_delivered, 1);
-        } else {
-            bump(&self.shared.self_refused, 1);
-            report.refused.push(self.shared.our_id);
+        let shared = &self.shared;
+        let budget = &shared.incoming_budget;
+        // `try_acquire` never takes bytes a waiting connection task needs: tokio assigns
+        // returned permits to the waiters first.
+        let hold = u32::try_from(payload.len())
+            .ok()
+            .and_then(|bytes| budget.permits.clone().try_acquire_many_owned(bytes).ok())
+            .map(|permit| BudgetHold::new(budget, payload.len(), permit));
+        let slot = hold.and_then(|hold| Some((hold, shared.incoming.try_reserve().ok()?)));
+        match slot {
+            Some((hold, slot)) => {
+                slot.send(Incoming {
+                    from: shared.our_id,
+                    payload,
+                    _budget: Arc::new(hold),
+                });
+                bump(&shared.self_delivered, 1);
+            }
+            None => {
+                bump(&shared.self_refused, 1);
+                report.refused.push(shared.our_id);
+            }
         }
     }
 
@@ -438,6 +501,7 @@ impl Network {
             refused_handshakes: lock(&self.shared.refusals).clone(),
             self_delivered: self.shared.self_delivered.load(Ordering::Relaxed),
             self_refused: self.shared.self_refused.load(Ordering::Relaxed),
+            incoming_bytes_queued: self.shared.incoming_budget.held.load(Ordering::Relaxed),
         }
     }
 
@@ -628,8 +692,9 @@ async fn inbound_reader(
     }
 }
 
-/// Deliver frame `seq` of `peer` if it is the next one; waits for room in the incoming
-/// channel (not reading the socket meanwhile: TCP backpressure).
+/// Deliver frame `seq` of `peer` if it is the next one; waits for `payload.len()` bytes of the
+/// receive budget, then for a slot in the incoming channel (not reading the socket meanwhile:
+/// TCP backpressure).
 async fn deliver(
     shared: &Shared,
     peer: &Peer,
@@ -649,6 +714,18 @@ async fn deliver(
     if !classify(arrival)? {
         return Ok(());
     }
+    // The reassembler caps frames at max_frame_size (≤ 16 MiB, and ≤ incoming_max_bytes by
+    // check_config), so the conversion succeeds and the acquisition can complete.
+    let bytes = u32::try_from(payload.len())
+        .map_err(|_| violation(format!("frame {seq} exceeds the receive budget")))?;
+    let budget = &shared.incoming_budget;
+    let budget_permit = budget
+        .permits
+        .clone()
+        .acquire_many_owned(bytes)
+        .await
+        .map_err(|_| LinkEnd::Stopped)?;
+    let hold = BudgetHold::new(budget, payload.len(), budget_permit);
     let permit = shared
         .incoming
         .reserve()
@@ -666,6 +743,7 @@ async fn deliver(
     permit.send(Incoming {
         from: peer.id,
         payload,
+        _budget: Arc::new(hold),
     });
     acks.send_replace(link.next_expected());
     Ok(())

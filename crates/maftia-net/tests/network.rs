@@ -410,6 +410,106 @@ async fn slow_peer_is_bounded_and_does_not_delay_the_others() {
     assert!(elapsed < secs(25), "fast peer took {elapsed:?}");
 }
 
+/// Payload bytes delivered into node `node`'s incoming channel so far, from every peer.
+fn bytes_delivered(node: &maftia_net::Network) -> u64 {
+    node.stats().peers.values().map(|p| p.bytes_received).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn big_frames_are_bounded_in_bytes_while_the_receiver_does_not_read() {
+    const FRAME: usize = 200 << 10;
+    const BUDGET: usize = 1 << 20; // 5 frames fit (1000 KiB), 6 do not
+    const FITTING: u64 = (BUDGET / FRAME) as u64;
+    const FLOOD: u64 = 40;
+    let mut group = Group::new(3, 12);
+    let mut config = group.config(0, 1);
+    config.limits.max_frame_size = 256 << 10;
+    config.limits.incoming_max_bytes = BUDGET;
+    // The channel itself (4096 frames by default) is never what stops the flood.
+    assert!(config.limits.incoming_capacity > FLOOD as usize);
+    let (node, mut rx) = group.start(config).await;
+    let (flooder, _rx1) = group.start(group.config(1, 2)).await;
+    let (quiet, _rx2) = group.start(group.config(2, 3)).await;
+    for k in 0..FLOOD {
+        assert!(flooder
+            .send(&Recipients::One(NodeId(0)), payload(NodeId(1), k, FRAME))
+            .unwrap()
+            .all_queued());
+    }
+    let frames_from = |id: u16| node.stats().peers[&NodeId(id)].frames_received;
+    wait_until("budget filled", secs(10), || frames_from(1) == FITTING).await;
+    // A small frame of another peer, written to node 0's socket while it is stalled.
+    quiet
+        .send(&Recipients::One(NodeId(0)), payload(NodeId(2), 0, 100))
+        .unwrap();
+    wait_until("quiet frame written", secs(10), || {
+        quiet.stats().peers[&NodeId(0)].frames_sent == 1
+    })
+    .await;
+    // The application reads nothing: the bytes in the channel never exceed the budget.
+    let window = std::time::Instant::now();
+    while window.elapsed() < Duration::from_millis(400) {
+        let stats = node.stats();
+        assert!(bytes_delivered(&node) <= BUDGET as u64);
+        assert!(stats.incoming_bytes_queued <= BUDGET, "{stats:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(frames_from(1), FITTING);
+    assert_eq!(node.stats().incoming_bytes_queued, FITTING as usize * FRAME);
+    // The flooder's next frame waits for budget first; the quiet frame does not overtake it
+    // (no barging, so a big frame is never starved by small ones), and neither does a frame to
+    // ourselves: it is refused, as when the channel is full.
+    assert_eq!(frames_from(2), 0);
+    let report = node
+        .send(&Recipients::One(NodeId(0)), payload(NodeId(0), 0, 10))
+        .unwrap();
+    assert_eq!(report.refused, vec![NodeId(0)]);
+    // The flooder's connection is stalled, not dropped: its frames wait unacknowledged.
+    assert!(flooder.stats().peers[&NodeId(0)].queue_frames as u64 >= FLOOD - FITTING);
+
+    // The budget is held by the `Incoming` values, not by the channel: receiving the frames and
+    // keeping them admits nothing more.
+    let kept = recv_n(&mut rx, FITTING as usize, secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(frames_from(1), FITTING);
+    assert_eq!(node.stats().incoming_bytes_queued, FITTING as usize * FRAME);
+    let mut order: Vec<(NodeId, u64)> = kept.iter().map(parse).collect();
+    let mut consumed = kept.iter().map(|f| f.payload.len() as u64).sum::<u64>();
+    // Freeing one frame's worth admits the flooder's waiting frame and then the quiet frame,
+    // which fits in what is left; the flooder's next frame does not.
+    let mut kept = kept.into_iter();
+    drop(kept.next());
+    wait_until("quiet frame admitted", secs(10), || frames_from(2) == 1).await;
+    assert_eq!(frames_from(1), FITTING + 1);
+    drop(kept);
+    // Dropping them lets the rest in, each frame dropped as soon as it is read.
+    while order.len() < FLOOD as usize + 1 {
+        let frame = within("next frame", secs(10), rx.recv()).await.unwrap();
+        order.push(parse(&frame));
+        consumed += frame.payload.len() as u64;
+        drop(frame);
+        let in_channel = bytes_delivered(&node) - consumed;
+        assert!(in_channel <= BUDGET as u64, "{in_channel} bytes queued");
+        assert!(node.stats().incoming_bytes_queued <= BUDGET);
+    }
+    let from = |id: u16| -> Vec<u64> {
+        order
+            .iter()
+            .filter(|(sender, _)| *sender == NodeId(id))
+            .map(|&(_, index)| index)
+            .collect()
+    };
+    assert_eq!(from(1), (0..FLOOD).collect::<Vec<u64>>());
+    assert_eq!(from(2), vec![0]);
+    // So the quiet frame is among the first FITTING + 2 frames the application saw.
+    let quiet_at = order.iter().position(|(s, _)| *s == NodeId(2)).unwrap();
+    assert!(quiet_at <= FITTING as usize + 1, "{order:?}");
+    wait_until("budget released", secs(5), || {
+        node.stats().incoming_bytes_queued == 0
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_connections_are_counted_and_the_node_keeps_serving() {
     // Nodes 0..=2 run; node 3's key plays an authenticated but malicious peer.
@@ -676,6 +776,10 @@ async fn port_in_use_and_bad_configuration_are_clear_errors() {
     let mut self_peer = group.config(0, 1);
     self_peer.peers.insert(NodeId(0), config.listen);
     assert!(matches!(start_err(self_peer).await, NetError::Config(_)));
+    // A receive budget some frame would not fit in.
+    let mut small_budget = group.config(0, 1);
+    small_budget.limits.incoming_max_bytes = small_budget.limits.max_frame_size - 1;
+    assert!(matches!(start_err(small_budget).await, NetError::Config(_)));
 }
 
 async fn start_err(config: maftia_net::NetConfig) -> NetError {

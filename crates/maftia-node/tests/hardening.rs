@@ -421,9 +421,9 @@ fn a_flood_of_hostile_connections_keeps_memory_bounded_and_the_replica_ordering(
 /// How much a replica's resident set may grow while an authenticated (Byzantine) peer floods it
 /// with 8 MiB frames as fast as loopback TCP carries them (measured: ~440 MB/s, +33 MiB peak).
 /// The receive side holds at most one partial frame per connection and hands complete frames
-/// to a channel bounded in *frames* (`NetLimits::incoming_capacity`, 4096), not bytes; what
-/// keeps memory low is that the replica drops undecodable frames before logging them, faster
-/// than they arrive. 256 MiB is 32 such frames in flight.
+/// to a channel bounded in frames (`NetLimits::incoming_capacity`) and in bytes
+/// (`NetLimits::incoming_max_bytes`, 64 MiB by default); the replica also drops undecodable
+/// frames before logging them, faster than they arrive. 256 MiB is 32 such frames in flight.
 const LARGE_FRAME_RSS_GROWTH_BOUND_KIB: u64 = 256 * 1024;
 
 #[test]
