@@ -22,8 +22,7 @@
 mod support;
 
 use maftia_broadcast::abc::{
-    batch_message, Abc, AbcDelivery, AbcFault, AbcParams, Message, BATCH_SIGNATURE_CONTEXT,
-    ROUND_WINDOW,
+    batch_message, Abc, AbcFault, AbcParams, Message, BATCH_SIGNATURE_CONTEXT, ROUND_WINDOW,
 };
 use maftia_broadcast::ThresholdKeys;
 use maftia_broadcast::{cbc, mvba};
@@ -33,9 +32,13 @@ use maftia_crypto::threshold::ThresholdSigner;
 use maftia_sim::{byzantine_nodes, check_seeds, Adversary, Sim, SimConfig, SimFailure, Strategy};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use support::{bls_keys, check_clean_evidence, config, faulty_set, insecure_keys};
+use support::{
+    assert_evidence_seen, bls_keys, check_clean_evidence, config, fault_kinds, faulty_set,
+    honest_requests, insecure_keys, submit_inputs, tally_evidence, DeliveryLog, FaultCursor,
+    StoredCheck,
+};
 
 /// Seeds per (n, strategy) in the default run with the insecure signer.
 const SEEDS: u64 = 200;
@@ -45,8 +48,6 @@ const BLS_SEEDS: u64 = 2;
 const REQUESTS_PER_NODE: usize = 3;
 /// Requests submitted at two honest nodes each.
 const SHARED_REQUESTS: usize = 2;
-/// Prefix of every request a Byzantine node may get delivered.
-const BYZANTINE_TAG: &[u8] = b"byz";
 
 /// Small batches: a node with its own and shared requests needs at least two rounds.
 fn params() -> AbcParams {
@@ -169,14 +170,6 @@ impl<S: ThresholdSigner> Adversary<Abc<S>> for AbcAdversary {
     }
 }
 
-/// How often (every `every` events) and against which bound a run checks every honest node's
-/// `stored_messages`.
-#[derive(Clone, Copy, Debug)]
-struct StoredCheck {
-    bound: usize,
-    every: u64,
-}
-
 /// What one run looked like, for checks across seeds.
 #[derive(Debug, Default)]
 struct RunReport {
@@ -215,26 +208,8 @@ fn run_case<S: ThresholdSigner + 'static>(
     let instance = instance(n, seed);
 
     // Requests: each honest node's own, shared ones at two honest nodes, Byzantine copies' own.
-    let mut inputs: BTreeMap<NodeId, Vec<Vec<Vec<u8>>>> = BTreeMap::new(); // node -> copy -> requests
-    let mut submitted_at_honest: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for id in &honest {
-        let own: Vec<Vec<u8>> = (0..REQUESTS_PER_NODE)
-            .map(|k| format!("seed {seed} {id} request {k}").into_bytes())
-            .collect();
-        inputs.insert(*id, vec![own]);
-    }
-    for j in 0..SHARED_REQUESTS {
-        let request = format!("seed {seed} shared {j}").into_bytes();
-        let at: BTreeSet<NodeId> = [honest[j % honest.len()], honest[(j + 1) % honest.len()]]
-            .into_iter()
-            .collect();
-        for id in at {
-            inputs.get_mut(&id).unwrap()[0].push(request.clone());
-        }
-    }
-    for requests in inputs.values() {
-        submitted_at_honest.extend(requests[0].iter().cloned());
-    }
+    let (mut inputs, submitted_at_honest) =
+        honest_requests(seed, &honest, REQUESTS_PER_NODE, SHARED_REQUESTS);
     // Twin copies get different requests, so their batches conflict (equivocation evidence).
     // An equivocating node's copies talk to disjoint halves, where conflicting batches cannot be
     // noticed; they share one request (different ones would only add rounds).
@@ -284,135 +259,31 @@ fn run_case<S: ThresholdSigner + 'static>(
         },
         Box::new(adversary),
     );
-    for (id, copies) in &inputs {
-        let count = copies.iter().map(Vec::len).max().unwrap_or(0);
-        for k in 0..count {
-            // A copy with fewer requests re-submits its last one (refused as AlreadyPending).
-            let result = sim.input(*id, |copy| {
-                let requests = &copies[copy.min(copies.len() - 1)];
-                requests[k.min(requests.len() - 1)].clone()
-            });
-            if let Err(e) = result {
-                if !byzantine.contains_key(id) {
-                    return Err(sim.fail(format!("{id} refused a request: {e}")));
-                }
-            }
-        }
-    }
+    // A copy with fewer requests re-submits its last one (refused as AlreadyPending).
+    submit_inputs(&mut sim, &inputs, &byzantine)?;
 
     // The agreed sequence of deliveries so far, and each honest node's checked prefix.
-    let mut agreed: Vec<AbcDelivery> = Vec::new();
-    let mut delivered_once: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut checked: BTreeMap<NodeId, usize> = BTreeMap::new();
-    let mut faults_checked = 0;
+    let mut log = DeliveryLog::new("round");
+    let mut faults = FaultCursor::default();
     let mut max_stored = 0;
     sim.run(|state| {
         for id in state.honest() {
-            let outputs = state.outputs(id);
-            let done = checked.entry(id).or_insert(0);
-            for (index, delivery) in outputs.iter().enumerate().skip(*done) {
-                if delivery.round != index as u64 {
-                    return Err(format!(
-                        "total order: {id}'s delivery #{index} is for round {}",
-                        delivery.round
-                    ));
-                }
-                match agreed.get(index) {
-                    Some(first) if first != delivery => {
-                        return Err(format!(
-                            "agreement: {id} delivered {delivery:?} in round {index}, another \
-                             honest node {first:?}"
-                        ))
-                    }
-                    Some(_) => {}
-                    None => {
-                        for request in &delivery.requests {
-                            if !submitted_at_honest.contains(request)
-                                && !request.starts_with(BYZANTINE_TAG)
-                            {
-                                return Err(format!(
-                                    "integrity: {id} delivered {:?}, which nobody submitted",
-                                    String::from_utf8_lossy(request)
-                                ));
-                            }
-                            if !delivered_once.insert(request.clone()) {
-                                return Err(format!(
-                                    "integrity: {:?} delivered twice",
-                                    String::from_utf8_lossy(request)
-                                ));
-                            }
-                        }
-                        agreed.push(delivery.clone());
-                    }
-                }
-            }
-            *done = outputs.len();
+            log.check_node(id, state.outputs(id), &submitted_at_honest)?;
         }
-        if state.event_count() % stored.every == 0 {
-            for id in state.honest() {
-                let count = state.node(id).stored_messages();
-                max_stored = max_stored.max(count);
-                if count > stored.bound {
-                    return Err(format!(
-                        "{id} stores {count} messages, above the bound {}",
-                        stored.bound
-                    ));
-                }
-            }
-        }
-        for (reporter, fault) in &state.faults()[faults_checked..] {
-            if state.is_honest(fault.culprit) {
-                return Err(format!(
-                    "{reporter} accused honest {}: {:?}",
-                    fault.culprit, fault.kind
-                ));
-            }
-        }
-        faults_checked = state.faults().len();
-        Ok(())
+        stored.check(state, Abc::stored_messages, &mut max_stored)?;
+        faults.check_new(state)
     })?;
 
-    let state = sim.state();
-    for id in state.honest() {
-        let node = state.node(id);
-        if node.pending() != 0 {
-            return Err(sim.fail(format!(
-                "validity: {id} still has {} pending requests at quiescence",
-                node.pending()
-            )));
-        }
-        if state.outputs(id).len() != agreed.len() {
-            return Err(sim.fail(format!(
-                "termination: {id} delivered {} rounds, another honest node {}",
-                state.outputs(id).len(),
-                agreed.len()
-            )));
-        }
-    }
-    if let Some(missing) = submitted_at_honest
-        .iter()
-        .find(|r| !delivered_once.contains(*r))
-    {
-        return Err(sim.fail(format!(
-            "validity: {:?} was never delivered",
-            String::from_utf8_lossy(missing)
-        )));
-    }
+    log.check_quiescence(&sim, &submitted_at_honest, Abc::pending)?;
     check_clean_evidence(&sim, strategy.is_none())?;
-    let mut fault_kinds = BTreeMap::new();
-    for (_, fault) in state.faults() {
-        *fault_kinds.entry(fault_kind(&fault.kind)).or_insert(0) += 1;
-    }
+    let state = sim.state();
     Ok(RunReport {
-        rounds: agreed.len() as u64,
-        delivered: delivered_once.len(),
-        byzantine_delivered: delivered_once
-            .iter()
-            .filter(|r| r.starts_with(BYZANTINE_TAG))
-            .count(),
+        rounds: log.agreed.len() as u64,
+        delivered: log.delivered_once.len(),
+        byzantine_delivered: log.byzantine_delivered(),
         max_stored,
         faults: state.faults().len(),
-        fault_kinds,
+        fault_kinds: fault_kinds(state, fault_kind),
     })
 }
 
@@ -566,33 +437,28 @@ fn byzantine_batches_are_reported_or_ordered() {
     ] {
         check_seeds(50, |seed| {
             let report = run_case(&keys, Some(&strategy), seed, stored)?;
-            for (kind, count) in report.fault_kinds {
-                *totals.entry(format!("{strategy:?} {kind}")).or_insert(0) += count;
-            }
-            *totals
-                .entry(format!("{strategy:?} byzantine requests"))
-                .or_insert(0) += report.byzantine_delivered;
+            tally_evidence(
+                &mut totals,
+                &strategy,
+                report.fault_kinds,
+                report.byzantine_delivered,
+            );
             Ok(())
         });
     }
-    eprintln!("abc byzantine batches: {totals:?}");
-    if totals.is_empty() {
-        return; // a single replayed seed of another test
-    }
-    for key in [
-        "InvalidShares BatchOutOfLimits",
-        "InvalidShares InvalidBatchSignature",
-        "InvalidShares Mvba",
-        "InvalidShares byzantine requests",
-        "Equivocate byzantine requests",
-        "Twins EquivocatingBatch",
-        "Twins byzantine requests",
-    ] {
-        assert!(
-            totals.get(key).copied().unwrap_or(0) > 0,
-            "no {key} over the seeds: {totals:?}"
-        );
-    }
+    assert_evidence_seen(
+        "abc byzantine batches",
+        &totals,
+        &[
+            "InvalidShares BatchOutOfLimits",
+            "InvalidShares InvalidBatchSignature",
+            "InvalidShares Mvba",
+            "InvalidShares byzantine requests",
+            "Equivocate byzantine requests",
+            "Twins EquivocatingBatch",
+            "Twins byzantine requests",
+        ],
+    );
 }
 
 /// Every strategy with the real BLS threshold signatures, on a few seeds.

@@ -37,8 +37,12 @@ use maftia_crypto::threshold::ThresholdSigner;
 use maftia_sim::{byzantine_nodes, check_seeds, Adversary, Sim, SimConfig, SimFailure, Strategy};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use support::{bls_keys, config, insecure_keys};
+use std::collections::{BTreeMap, VecDeque};
+use support::{
+    assert_evidence_seen, bls_keys, check_clean_evidence, config, fault_kinds, faulty_set,
+    honest_requests, insecure_keys, submit_inputs, tally_evidence, DeliveryLog, FaultCursor,
+    StoredCheck,
+};
 
 /// Seeds per (n, strategy) in the default run with the insecure signer.
 const SEEDS: u64 = 200;
@@ -48,8 +52,6 @@ const BLS_SEEDS: u64 = 2;
 const REQUESTS_PER_NODE: usize = 4;
 /// Requests submitted at two honest nodes each.
 const SHARED_REQUESTS: usize = 2;
-/// Prefix of every request a Byzantine node may get delivered.
-const BYZANTINE_TAG: &[u8] = b"byz";
 
 /// Batches of two: a node with 4–6 requests fills three slots of its lane.
 fn params() -> AbcParams {
@@ -225,14 +227,6 @@ impl<S: ThresholdSigner + Send + Sync + 'static> Adversary<HtAbc<S>> for HtAdver
     }
 }
 
-/// How often (every `every` events) and against which bound a run checks every honest node's
-/// `stored_messages`.
-#[derive(Clone, Copy, Debug)]
-struct StoredCheck {
-    bound: usize,
-    every: u64,
-}
-
 /// What one run looked like, for checks across seeds.
 #[derive(Debug, Default)]
 struct RunReport {
@@ -284,35 +278,11 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
 ) -> Result<RunReport, SimFailure> {
     let n = keys.len();
     let group = config(n);
-    let byzantine = match strategy {
-        Some(strategy) => byzantine_nodes(n, group.f(), strategy, seed),
-        None => BTreeMap::new(),
-    };
-    let honest: Vec<NodeId> = NodeId::all(n)
-        .filter(|id| !byzantine.contains_key(id))
-        .collect();
+    let (byzantine, honest) = faulty_set(n, strategy, seed);
     let instance = instance(n, seed);
 
-    let mut inputs: BTreeMap<NodeId, Vec<Vec<Vec<u8>>>> = BTreeMap::new();
-    let mut submitted_at_honest: BTreeSet<Vec<u8>> = BTreeSet::new();
-    for id in &honest {
-        let own: Vec<Vec<u8>> = (0..REQUESTS_PER_NODE)
-            .map(|k| format!("seed {seed} {id} request {k}").into_bytes())
-            .collect();
-        inputs.insert(*id, vec![own]);
-    }
-    for j in 0..SHARED_REQUESTS {
-        let request = format!("seed {seed} shared {j}").into_bytes();
-        let at: BTreeSet<NodeId> = [honest[j % honest.len()], honest[(j + 1) % honest.len()]]
-            .into_iter()
-            .collect();
-        for id in at {
-            inputs.get_mut(&id).unwrap()[0].push(request.clone());
-        }
-    }
-    for requests in inputs.values() {
-        submitted_at_honest.extend(requests[0].iter().cloned());
-    }
+    let (mut inputs, submitted_at_honest) =
+        honest_requests(seed, &honest, REQUESTS_PER_NODE, SHARED_REQUESTS);
     // Twin copies get different requests, so their lane proposals conflict.
     for (id, strategy) in &byzantine {
         let copies = (0..strategy.copies())
@@ -352,68 +322,15 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
         },
         Box::new(adversary),
     );
-    for (id, copies) in &inputs {
-        let count = copies.iter().map(Vec::len).max().unwrap_or(0);
-        for k in 0..count {
-            let result = sim.input(*id, |copy| {
-                let requests = &copies[copy.min(copies.len() - 1)];
-                requests[k.min(requests.len() - 1)].clone()
-            });
-            if let Err(e) = result {
-                if !byzantine.contains_key(id) {
-                    return Err(sim.fail(format!("{id} refused a request: {e}")));
-                }
-            }
-        }
-    }
+    submit_inputs(&mut sim, &inputs, &byzantine)?;
 
-    let mut agreed: Vec<AbcDelivery> = Vec::new();
-    let mut delivered_once: BTreeSet<Vec<u8>> = BTreeSet::new();
-    let mut checked: BTreeMap<NodeId, usize> = BTreeMap::new();
+    let mut log = DeliveryLog::new("epoch");
     let mut certified: BTreeMap<(NodeId, u64), Digest> = BTreeMap::new();
-    let mut faults_checked = 0;
+    let mut faults = FaultCursor::default();
     let mut max_stored = 0;
     sim.run(|state| {
         for id in state.honest() {
-            let outputs = state.outputs(id);
-            let done = checked.entry(id).or_insert(0);
-            for (index, delivery) in outputs.iter().enumerate().skip(*done) {
-                if delivery.round != index as u64 {
-                    return Err(format!(
-                        "total order: {id}'s delivery #{index} is for epoch {}",
-                        delivery.round
-                    ));
-                }
-                match agreed.get(index) {
-                    Some(first) if first != delivery => {
-                        return Err(format!(
-                            "agreement: {id} delivered {delivery:?} in epoch {index}, another \
-                             honest node {first:?}"
-                        ))
-                    }
-                    Some(_) => {}
-                    None => {
-                        for request in &delivery.requests {
-                            if !submitted_at_honest.contains(request)
-                                && !request.starts_with(BYZANTINE_TAG)
-                            {
-                                return Err(format!(
-                                    "integrity: {id} delivered {:?}, which nobody submitted",
-                                    String::from_utf8_lossy(request)
-                                ));
-                            }
-                            if !delivered_once.insert(request.clone()) {
-                                return Err(format!(
-                                    "integrity: {:?} delivered twice",
-                                    String::from_utf8_lossy(request)
-                                ));
-                            }
-                        }
-                        agreed.push(delivery.clone());
-                    }
-                }
-            }
-            *done = outputs.len();
+            log.check_node(id, state.outputs(id), &submitted_at_honest)?;
             let node = state.node(id);
             for lane in NodeId::all(n) {
                 if let Some((slot, digest)) = node.latest_certified(lane) {
@@ -426,87 +343,23 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
                 }
             }
         }
-        if state.event_count() % stored.every == 0 {
-            for id in state.honest() {
-                let count = state.node(id).stored_messages();
-                max_stored = max_stored.max(count);
-                if count > stored.bound {
-                    return Err(format!(
-                        "{id} stores {count} messages, above the bound {}",
-                        stored.bound
-                    ));
-                }
-            }
-        }
-        for (reporter, fault) in &state.faults()[faults_checked..] {
-            if state.is_honest(fault.culprit) {
-                return Err(format!(
-                    "{reporter} accused honest {}: {:?}",
-                    fault.culprit, fault.kind
-                ));
-            }
-        }
-        faults_checked = state.faults().len();
-        Ok(())
+        stored.check(state, HtAbc::stored_messages, &mut max_stored)?;
+        faults.check_new(state)
     })?;
 
+    log.check_quiescence(&sim, &submitted_at_honest, HtAbc::pending)?;
+    check_clean_evidence(&sim, strategy.is_none())?;
     let state = sim.state();
-    for id in state.honest() {
-        let node = state.node(id);
-        if node.pending() != 0 {
-            return Err(sim.fail(format!(
-                "validity: {id} still has {} pending requests at quiescence",
-                node.pending()
-            )));
-        }
-        if state.outputs(id).len() != agreed.len() {
-            return Err(sim.fail(format!(
-                "termination: {id} delivered {} epochs, another honest node {}",
-                state.outputs(id).len(),
-                agreed.len()
-            )));
-        }
-    }
-    if let Some(missing) = submitted_at_honest
-        .iter()
-        .find(|r| !delivered_once.contains(*r))
-    {
-        return Err(sim.fail(format!(
-            "validity: {:?} was never delivered",
-            String::from_utf8_lossy(missing)
-        )));
-    }
-    if let Some((reporter, sender, e)) = state
-        .decode_failures()
-        .iter()
-        .find(|(_, from, _)| state.is_honest(*from))
-    {
-        return Err(sim.fail(format!(
-            "{reporter} could not decode a frame from honest {sender}: {e}"
-        )));
-    }
-    if strategy.is_none() && (!state.faults().is_empty() || !state.decode_failures().is_empty()) {
-        return Err(sim.fail(format!(
-            "an honest run recorded faults: {:?}",
-            state.faults()
-        )));
-    }
-    let mut fault_kinds = BTreeMap::new();
-    for (_, fault) in state.faults() {
-        *fault_kinds.entry(fault_kind(&fault.kind)).or_insert(0) += 1;
-    }
+    let fault_kinds = fault_kinds(state, fault_kind);
     let mut stats = HtStats::default();
     for id in state.honest() {
         add(&mut stats, state.node(id).stats());
     }
     Ok(RunReport {
         stats,
-        epochs: agreed.len() as u64,
-        delivered: delivered_once.len(),
-        byzantine_delivered: delivered_once
-            .iter()
-            .filter(|r| r.starts_with(BYZANTINE_TAG))
-            .count(),
+        epochs: log.agreed.len() as u64,
+        delivered: log.delivered_once.len(),
+        byzantine_delivered: log.byzantine_delivered(),
         max_stored,
         faults: state.faults().len(),
         events: state.event_count(),
@@ -697,32 +550,27 @@ fn byzantine_messages_are_reported() {
     for strategy in [Strategy::InvalidShares, Strategy::Twins] {
         check_seeds(50, |seed| {
             let report = run_case(&keys, Some(&strategy), seed, stored)?;
-            for (kind, count) in report.fault_kinds {
-                *totals.entry(format!("{strategy:?} {kind}")).or_insert(0) += count;
-            }
-            *totals
-                .entry(format!("{strategy:?} byzantine requests"))
-                .or_insert(0) += report.byzantine_delivered;
+            tally_evidence(
+                &mut totals,
+                &strategy,
+                report.fault_kinds,
+                report.byzantine_delivered,
+            );
             Ok(())
         });
     }
-    eprintln!("htabc byzantine messages: {totals:?}");
-    if totals.is_empty() {
-        return; // a single replayed seed of another test
-    }
-    for key in [
-        "InvalidShares InvalidVoteShare",
-        "InvalidShares InvalidCertificate",
-        "InvalidShares BatchOutOfLimits",
-        "InvalidShares Mvba",
-        "Twins EquivocatingProposal",
-        "Twins byzantine requests",
-    ] {
-        assert!(
-            totals.get(key).copied().unwrap_or(0) > 0,
-            "no {key} over the seeds: {totals:?}"
-        );
-    }
+    assert_evidence_seen(
+        "htabc byzantine messages",
+        &totals,
+        &[
+            "InvalidShares InvalidVoteShare",
+            "InvalidShares InvalidCertificate",
+            "InvalidShares BatchOutOfLimits",
+            "InvalidShares Mvba",
+            "Twins EquivocatingProposal",
+            "Twins byzantine requests",
+        ],
+    );
 }
 
 /// Every strategy with the real BLS threshold signatures, on a few seeds.

@@ -47,14 +47,15 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
-use support::{bls_keys, config, insecure_keys};
+use support::{
+    bls_keys, check_clean_evidence, config, faulty_set, insecure_keys, submit_inputs, FaultCursor,
+    BYZANTINE_TAG,
+};
 
 /// Seeds per (n, strategy) in the default run.
 const SEEDS: u64 = 200;
 /// Seeds per configuration with real BLS key sets for ABC.
 const BLS_SEEDS: u64 = 1;
-/// Label prefix of every request a Byzantine node may get delivered.
-const BYZANTINE_TAG: &[u8] = b"byz";
 
 fn params() -> AbcParams {
     AbcParams {
@@ -482,13 +483,7 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
 ) -> Result<RunReport, SimFailure> {
     let n = threshold_keys.len();
     let group = config(n);
-    let byzantine = match strategy {
-        Some(strategy) => byzantine_nodes(n, group.f(), strategy, seed),
-        None => BTreeMap::new(),
-    };
-    let honest: Vec<NodeId> = NodeId::all(n)
-        .filter(|id| !byzantine.contains_key(id))
-        .collect();
+    let (byzantine, honest) = faulty_set(n, strategy, seed);
     let run = run_keys(n, seed);
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ 0x7265_7175_6573_7473);
 
@@ -573,26 +568,13 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
         },
         Box::new(adversary),
     );
-    for (id, copies) in &inputs {
-        let count = copies.iter().map(Vec::len).max().unwrap_or(0);
-        for k in 0..count {
-            let result = sim.input(*id, |copy| {
-                let requests = &copies[copy.min(copies.len() - 1)];
-                requests[k.min(requests.len() - 1)].clone()
-            });
-            if let Err(e) = result {
-                if !byzantine.contains_key(id) {
-                    return Err(sim.fail(format!("{id} refused a request: {e}")));
-                }
-            }
-        }
-    }
+    submit_inputs(&mut sim, &inputs, &byzantine)?;
 
     let mvba_bound = mvba::stored_messages_bound(&group);
     let mut agreed: Vec<ScabcOutput> = Vec::new();
     let mut labels_delivered: BTreeSet<Vec<u8>> = BTreeSet::new();
     let mut checked: BTreeMap<NodeId, usize> = BTreeMap::new();
-    let mut faults_checked = 0;
+    let mut faults = FaultCursor::default();
     let mut report = RunReport::default();
     // (honest node, round) -> the event after which the node had ordered the round.
     let mut ordered_at: BTreeMap<(NodeId, u64), u64> = BTreeMap::new();
@@ -720,16 +702,7 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
                 }
             }
         }
-        for (reporter, fault) in &state.faults()[faults_checked..] {
-            if state.is_honest(fault.culprit) {
-                return Err(format!(
-                    "{reporter} accused honest {}: {:?}",
-                    fault.culprit, fault.kind
-                ));
-            }
-        }
-        faults_checked = state.faults().len();
-        Ok(())
+        faults.check_new(state)
     })?;
 
     let state = sim.state();
@@ -754,21 +727,7 @@ fn run_case<S: ThresholdSigner + Send + Sync + 'static>(
     {
         return Err(sim.fail(format!("validity: {missing:?} was never output")));
     }
-    if let Some((reporter, sender, e)) = state
-        .decode_failures()
-        .iter()
-        .find(|(_, from, _)| state.is_honest(*from))
-    {
-        return Err(sim.fail(format!(
-            "{reporter} could not decode a frame from honest {sender}: {e}"
-        )));
-    }
-    if strategy.is_none() && (!state.faults().is_empty() || !state.decode_failures().is_empty()) {
-        return Err(sim.fail(format!(
-            "an honest run recorded faults: {:?}",
-            state.faults()
-        )));
-    }
+    check_clean_evidence(&sim, strategy.is_none())?;
     report.outputs = agreed.len();
     report.invalid = agreed
         .iter()
