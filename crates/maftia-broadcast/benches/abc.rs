@@ -7,36 +7,21 @@
 //! Criterion reports the time per round; the harness's own figures (requests/s, bytes and CPU
 //! per request, latency) come from `cargo run --release -p maftia-bench --example bench`, and
 //! the full matrix is in docs/performance.md.
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use maftia_bench::{run, RunSpec, Workload};
-use std::time::Duration;
+mod support;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use maftia_bench::Workload;
 
 /// Batch sizes measured here (the matrix example covers more).
 const BATCH_SIZES: [usize; 3] = [1, 100, 1000];
 
 fn rounds(c: &mut Criterion) {
-    let mut group = c.benchmark_group("abc n=4 250-byte requests, time per round");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(500))
-        .measurement_time(Duration::from_secs(5));
-    for batch_size in BATCH_SIZES {
-        group.bench_with_input(
-            BenchmarkId::new("batch size", batch_size),
-            &batch_size,
-            |b, &batch_size| {
-                b.iter_custom(|iterations| {
-                    let spec = RunSpec {
-                        warmup_rounds: 1,
-                        measure_rounds: iterations.max(1),
-                        ..RunSpec::new(Workload::Abc, 4, batch_size)
-                    };
-                    run(&spec).expect("the bench run completes").wall
-                })
-            },
-        );
-    }
-    group.finish();
+    support::time_per_round(
+        c,
+        "abc n=4 250-byte requests, time per round",
+        Workload::Abc,
+        &BATCH_SIZES,
+    );
 }
 
 criterion_group!(benches, rounds);
