@@ -38,6 +38,6 @@ pub mod keys;
 pub mod mvba;
 pub mod rbc;
 pub mod scabc;
-mod wire;
+use maftia_core::wire;
 
 pub use keys::ThresholdKeys;

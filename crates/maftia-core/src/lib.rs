@@ -6,7 +6,8 @@
 //!   [`Step`] (targeted messages, outputs, fault evidence) comes out. No clocks, sockets or
 //!   randomness source live in a protocol; randomness is passed in by the caller.
 //! - [`codec`] is the one wire encoding: a versioned envelope around postcard with a hard size
-//!   limit; decoding is total and returns typed [`codec::DecodeError`]s.
+//!   limit; decoding is total and returns typed [`codec::DecodeError`]s; [`wire`] holds the fast
+//!   serde paths for byte strings inside messages.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -17,6 +18,7 @@ pub mod codec;
 pub mod config;
 pub mod id;
 pub mod protocol;
+pub mod wire;
 
 pub use config::{ConfigError, GroupConfig, Resilience};
 pub use id::NodeId;

@@ -34,6 +34,7 @@
 )]
 
 pub mod kv;
+pub mod request;
 
 /// A deterministic replicated service (see the crate documentation for the determinism rules).
 ///

@@ -8,8 +8,8 @@
 //! length followed by the raw bytes — so frames do not change (the tests pin this). For
 //! self-describing formats the deserializers also accept a sequence of numbers.
 //!
-//! Use with `#[serde(with = "crate::wire::bytes")]` on a `Vec<u8>` field and
-//! `#[serde(with = "crate::wire::byte_lists")]` on a `Vec<Vec<u8>>` field.
+//! Use with `#[serde(with = "maftia_core::wire::bytes")]` on a `Vec<u8>` field and
+//! `#[serde(with = "maftia_core::wire::byte_lists")]` on a `Vec<Vec<u8>>` field.
 use serde::de::{Deserializer, Error, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
