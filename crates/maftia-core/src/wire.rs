@@ -118,7 +118,7 @@ pub mod byte_lists {
 
 #[cfg(test)]
 mod tests {
-    use maftia_core::codec;
+    use crate::codec;
     use proptest::prelude::*;
     use serde::{Deserialize, Serialize};
 
