@@ -1,11 +1,11 @@
 //! maftia-smr: the deterministic state machine every replicated maftia service implements.
 //!
-//! The replication manager (a later slice) feeds requests to a [`StateMachine`] in the order the
-//! agreement layer delivers them, in either configuration (asynchronous atomic broadcast or the
-//! wormhole protocols); the service code does not know which. State machine replication
-//! (Schneider 1990) is correct only if every correct replica, starting from the same state and
-//! executing the same request sequence, produces the same replies and the same state. An
-//! implementation must therefore be **deterministic**:
+//! The replication manager ([`replica::ReplicationManager`]) feeds requests to a
+//! [`StateMachine`] in the order the agreement layer delivers them, in either configuration
+//! (asynchronous atomic broadcast or the wormhole protocols); the service code does not know
+//! which. State machine replication (Schneider 1990) is correct only if every correct replica,
+//! starting from the same state and executing the same request sequence, produces the same
+//! replies and the same state. An implementation must therefore be **deterministic**:
 //!
 //! - **No clocks.** No `Instant::now`, `SystemTime`, timers or timeouts in service logic; a
 //!   service that needs time receives it inside the ordered request.
@@ -34,6 +34,8 @@
 )]
 
 pub mod kv;
+pub mod lincheck;
+pub mod replica;
 pub mod request;
 
 /// A deterministic replicated service (see the crate documentation for the determinism rules).

@@ -135,7 +135,10 @@ impl SignedRequest {
     }
 
     /// Decode ordered or received bytes, with the size limit, and check the signature.
-    pub fn decode_verified(bytes: &[u8], service: &ServiceId) -> Result<SignedRequest, RequestError> {
+    pub fn decode_verified(
+        bytes: &[u8],
+        service: &ServiceId,
+    ) -> Result<SignedRequest, RequestError> {
         let request: SignedRequest = codec::decode_with_limit(bytes, MAX_SIGNED_REQUEST)
             .map_err(|e| RequestError::Malformed(e.to_string()))?;
         if request.operation.len() > MAX_OPERATION {
@@ -320,8 +323,9 @@ impl ReplyCollector {
 
 /// Combine `shares` (at least the threshold) on `message`: optimistically the first `k` with one
 /// check, else every share checked and `k` valid ones combined. Returns the signature, if `k`
-/// valid shares exist, and the signers of the invalid shares found.
-fn combine_verified(
+/// valid shares exist, and the signers of the invalid shares found. Shared with the checkpoint
+/// collector of [`crate::replica`].
+pub(crate) fn combine_verified(
     keys: &BlsPublicKeySet,
     message: &[u8],
     shares: &BTreeMap<usize, BlsSignatureShare>,
