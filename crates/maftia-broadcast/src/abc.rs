@@ -78,7 +78,13 @@
 //! registry of the members' Ed25519 identity keys. A node that falls more than [`ROUND_WINDOW`]
 //! rounds behind drops the messages of rounds it cannot hold yet (and reports them as
 //! [`AbcFault::FutureRound`]); it then needs state transfer from the layer above (the simulator's
-//! schedules never get there).
+//! schedules never get there): the layer installs a state snapshot taken after some round `r`
+//! and restarts ordering at `r + 1` with [`Abc::resume`] (a fresh instance, after a restart) or
+//! [`Abc::skip_to`] (the lagging live instance, which keeps what it holds for rounds `> r`),
+//! given the dedup window of rounds `r − dedup_rounds + 1 ..= r` as a [`ResumePoint`] (built
+//! with [`RecentWindow`]). A fresh instance resumed while the others are inside round `r + 1`
+//! has missed that round's earlier messages and may not finish it (ABC does not retransmit);
+//! a later [`Abc::skip_to`] gets it going again.
 //!
 //! # Complexity (per round)
 //! `n²` batch messages of at most `max_batch_bytes` each, plus one MVBA on a value of up to `n`
@@ -126,14 +132,22 @@ pub const BATCH_MESSAGE_CONTEXT: &str = "maftia 2026-11 abc batch message";
 pub const REQUEST_DIGEST_CONTEXT: &str = "maftia 2026-11 abc request";
 /// Hash context of the instance tag of a round's MVBA ([`mvba_instance`]).
 pub const MVBA_INSTANCE_CONTEXT: &str = "maftia 2026-11 abc mvba instance";
+/// Hash context of [`ResumePoint::digest`].
+pub const RESUME_POINT_CONTEXT: &str = "maftia 2026-11 abc resume point";
+/// Highest round a [`ResumePoint`] may name: rounds count up by one from there, so a resume point
+/// from the network can never bring a round counter near overflow.
+pub const MAX_RESUME_ROUND: u64 = 1 << 62;
 /// Hash context of the signature-cache keys.
 const CACHE_KEY_CONTEXT: &str = "maftia 2026-11 abc verified batch signature";
 /// Hash context of the keys of `Q_r`'s verdict cache.
 const VALUE_DIGEST_CONTEXT: &str = "maftia 2026-11 abc proposal value";
 
 /// Rounds accepted ahead of the current one: messages for rounds up to `current + ROUND_WINDOW`
-/// are kept, later ones dropped with [`AbcFault::FutureRound`].
-pub const ROUND_WINDOW: u64 = 4;
+/// are kept, later ones dropped with [`AbcFault::FutureRound`]. Large enough that a replica
+/// which installed a checkpoint (taken every few dozen rounds) can take the rounds it still
+/// misses from its peers' re-sent frames in one go, instead of a few rounds per re-send; the
+/// stored-message bounds below grow linearly with it.
+pub const ROUND_WINDOW: u64 = 32;
 /// Delivered rounds whose MVBA instance is kept (and keeps answering) so that slower nodes can
 /// finish them.
 pub const RETAINED_ROUNDS: u64 = 4;
@@ -365,6 +379,8 @@ pub enum AbcError {
     AlreadyDelivered,
     #[error("mvba: {0}")]
     Mvba(#[from] MvbaError),
+    #[error("invalid resume point: {0}")]
+    InvalidResumePoint(#[from] ResumeError),
 }
 
 /// Strict signature checks already passed, shared by the node and its rounds' predicates.
@@ -673,6 +689,241 @@ impl DeliveredWindow {
     }
 }
 
+impl DeliveredWindow {
+    /// The window as of the end of the round before `resume.next_round` (a validated resume
+    /// point: rounds strictly increasing, inside the window, no digest twice).
+    fn restore(dedup_rounds: u64, resume: &ResumePoint) -> Self {
+        let mut window = DeliveredWindow::new(dedup_rounds);
+        for (round, digests) in &resume.recent {
+            window.digests.extend(digests.iter().copied());
+            window.rounds.push_back((*round, digests.clone()));
+        }
+        window
+    }
+
+    /// The rounds in the window that delivered something, oldest first.
+    fn nonempty_rounds(&self) -> Vec<(u64, Vec<Digest>)> {
+        self.rounds
+            .iter()
+            .filter(|(_, digests)| !digests.is_empty())
+            .cloned()
+            .collect()
+    }
+}
+
+/// Where an ABC instance resumes after state transfer: the next round to order and the dedup
+/// window as of the end of the round before it.
+///
+/// `recent` holds, for the last `dedup_rounds` delivered rounds (those `≥ next_round −
+/// dedup_rounds`), the round and the digests ([`request_digest`]) of the requests it
+/// delivered, in delivery order, oldest round first. Rounds that delivered nothing may be
+/// absent ([`RecentWindow`] leaves them out, which makes its resume points canonical). Since
+/// an ABC delivery is a deterministic function of the decided values and of this window (module
+/// docs, "agreement and total order"), a node resumed at `next_round` with the window of the
+/// honest nodes' common delivery prefix delivers exactly what they deliver from `next_round` on.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResumePoint {
+    /// The first round the resumed instance orders (every earlier round counts as delivered).
+    pub next_round: u64,
+    /// `(round, delivered request digests)` of the window's rounds, oldest first.
+    pub recent: Vec<(u64, Vec<Digest>)>,
+}
+
+/// Why a [`ResumePoint`] (or a delivery pushed into a [`RecentWindow`]) is refused.
+#[derive(Clone, Debug, Error, PartialEq, Eq)]
+pub enum ResumeError {
+    #[error("next round {next_round} is above the maximum {max}")]
+    RoundTooLarge { next_round: u64, max: u64 },
+    #[error("round {round} does not come after round {previous}")]
+    RoundsNotIncreasing { previous: u64, round: u64 },
+    #[error("round {round} is not before the next round {next_round}")]
+    RoundNotBeforeNext { round: u64, next_round: u64 },
+    #[error(
+        "round {round} is outside the dedup window of {dedup_rounds} rounds before {next_round}"
+    )]
+    OutsideWindow {
+        round: u64,
+        next_round: u64,
+        dedup_rounds: u64,
+    },
+    #[error("round {round} lists {count} digests, more than a round can deliver ({max})")]
+    TooManyDigests {
+        round: u64,
+        count: usize,
+        max: usize,
+    },
+    #[error("a digest of round {round} is already in the window")]
+    DuplicateDigest { round: u64 },
+    #[error("next round {next_round} is not ahead of the current round {current}")]
+    NotAhead { next_round: u64, current: u64 },
+}
+
+impl ResumePoint {
+    /// Checks a resume point (it comes from the network): `next_round ≤` [`MAX_RESUME_ROUND`];
+    /// rounds strictly increasing, each `< next_round` and `≥ next_round − dedup_rounds`; at
+    /// most `max_per_round` digests per round (a round delivers at most `n · batch_size`
+    /// requests); no digest twice in the whole window (a delivery never repeats a digest of the
+    /// window).
+    pub fn validate(&self, dedup_rounds: u64, max_per_round: usize) -> Result<(), ResumeError> {
+        if self.next_round > MAX_RESUME_ROUND {
+            return Err(ResumeError::RoundTooLarge {
+                next_round: self.next_round,
+                max: MAX_RESUME_ROUND,
+            });
+        }
+        let oldest = self.next_round.saturating_sub(dedup_rounds);
+        let mut previous: Option<u64> = None;
+        let mut seen = DigestSet::default();
+        for (round, digests) in &self.recent {
+            let round = *round;
+            if let Some(previous) = previous.filter(|p| *p >= round) {
+                return Err(ResumeError::RoundsNotIncreasing { previous, round });
+            }
+            previous = Some(round);
+            if round >= self.next_round {
+                return Err(ResumeError::RoundNotBeforeNext {
+                    round,
+                    next_round: self.next_round,
+                });
+            }
+            if round < oldest {
+                return Err(ResumeError::OutsideWindow {
+                    round,
+                    next_round: self.next_round,
+                    dedup_rounds,
+                });
+            }
+            if digests.len() > max_per_round {
+                return Err(ResumeError::TooManyDigests {
+                    round,
+                    count: digests.len(),
+                    max: max_per_round,
+                });
+            }
+            for digest in digests {
+                if !seen.insert(*digest) {
+                    return Err(ResumeError::DuplicateDigest { round });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A canonical digest of the resume point (context [`RESUME_POINT_CONTEXT`]) for
+    /// certificates: `next_round`, then every round with its digest count and digests, every
+    /// number fixed-width little-endian, so distinct resume points hash differently.
+    pub fn digest(&self) -> Digest {
+        let mut h = hasher(
+            RESUME_POINT_CONTEXT,
+            &[
+                &self.next_round.to_le_bytes(),
+                &(self.recent.len() as u64).to_le_bytes(),
+            ],
+        );
+        for (round, digests) in &self.recent {
+            h.update(&round.to_le_bytes());
+            h.update(&(digests.len() as u64).to_le_bytes());
+            for digest in digests {
+                h.update(digest);
+            }
+        }
+        h.finalize().into()
+    }
+}
+
+/// The dedup window of a node's deliveries, built one delivery at a time, from which the node
+/// takes a [`ResumePoint`] whenever it snapshots its state (right after delivering a round).
+///
+/// It mirrors the instance's own window: after round `r` is pushed it holds the rounds
+/// `r − dedup_rounds + 1 ..= r` that delivered something (at most `dedup_rounds` rounds), so
+/// [`RecentWindow::resume_point`] is the window an instance has when it starts round `r + 1`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentWindow {
+    dedup_rounds: u64,
+    next_round: u64,
+    rounds: VecDeque<(u64, Vec<Digest>)>,
+}
+
+impl RecentWindow {
+    /// The window of an instance that has delivered nothing yet (next round 0).
+    pub fn new(dedup_rounds: u64) -> Self {
+        RecentWindow {
+            dedup_rounds,
+            next_round: 0,
+            rounds: VecDeque::new(),
+        }
+    }
+
+    /// The window of an instance resumed at `resume` (to keep taking resume points after a
+    /// state transfer). Checks `resume` like [`Abc::resume`], with `max_per_round` the most
+    /// requests one round can deliver (`n · batch_size`).
+    pub fn resumed(
+        resume: &ResumePoint,
+        dedup_rounds: u64,
+        max_per_round: usize,
+    ) -> Result<Self, ResumeError> {
+        resume.validate(dedup_rounds, max_per_round)?;
+        Ok(RecentWindow {
+            dedup_rounds,
+            next_round: resume.next_round,
+            rounds: resume
+                .recent
+                .iter()
+                .filter(|(_, digests)| !digests.is_empty())
+                .cloned()
+                .collect(),
+        })
+    }
+
+    /// The round after the last one pushed.
+    pub fn next_round(&self) -> u64 {
+        self.next_round
+    }
+
+    /// Record that `round` delivered `requests` (in delivery order). Rounds must come in
+    /// increasing order; a skipped round counts as having delivered nothing.
+    pub fn push(&mut self, round: u64, requests: &[Vec<u8>]) -> Result<(), ResumeError> {
+        if round < self.next_round {
+            return Err(ResumeError::RoundsNotIncreasing {
+                previous: self.next_round.saturating_sub(1),
+                round,
+            });
+        }
+        if round >= MAX_RESUME_ROUND {
+            return Err(ResumeError::RoundTooLarge {
+                next_round: round.saturating_add(1),
+                max: MAX_RESUME_ROUND,
+            });
+        }
+        if !requests.is_empty() {
+            let digests = requests.iter().map(|r| request_digest(r)).collect();
+            self.rounds.push_back((round, digests));
+        }
+        // The same expiry as `DeliveredWindow::close_round`: keep rounds > round − dedup_rounds.
+        while let Some((oldest, _)) = self.rounds.front() {
+            if oldest.saturating_add(self.dedup_rounds) > round {
+                break;
+            }
+            self.rounds.pop_front();
+        }
+        self.next_round = round + 1;
+        Ok(())
+    }
+
+    /// [`RecentWindow::push`] of one [`AbcDelivery`].
+    pub fn push_delivery(&mut self, delivery: &AbcDelivery) -> Result<(), ResumeError> {
+        self.push(delivery.round, &delivery.requests)
+    }
+
+    /// The resume point right after the last pushed round.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            next_round: self.next_round,
+            recent: self.rounds.iter().cloned().collect(),
+        }
+    }
+}
+
 /// One node's atomic broadcast instance.
 pub struct Abc<S: ThresholdSigner> {
     config: GroupConfig,
@@ -708,6 +959,40 @@ impl<S: ThresholdSigner> Abc<S> {
         identity: IdentityKey,
         identities: Arc<Vec<IdentityPublicKey>>,
         params: AbcParams,
+    ) -> Result<Self, AbcError> {
+        Self::resume(
+            config,
+            our_id,
+            instance,
+            keys,
+            identity,
+            identities,
+            params,
+            &ResumePoint::default(),
+        )
+    }
+
+    /// Like [`Abc::new`], but ordering starts at `resume.next_round` with `resume`'s dedup
+    /// window: the instance of a node that installed a state snapshot taken right after round
+    /// `resume.next_round − 1` (state transfer, for a node that fell more than
+    /// [`ROUND_WINDOW`] rounds behind or restarted after a long outage). Messages for earlier
+    /// rounds are ignored like any late message, without evidence against their senders.
+    ///
+    /// `resume` comes from the network (certified by the caller): it is checked with
+    /// [`ResumePoint::validate`] (at most `n · batch_size` digests a round) and refused with
+    /// [`AbcError::InvalidResumePoint`]. The caller must resume past every round this node
+    /// may have sent messages for before, or its new batch for such a round would equivocate
+    /// with the old one (this instance keeps no record of its own past messages).
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        config: GroupConfig,
+        our_id: NodeId,
+        instance: Vec<u8>,
+        keys: ThresholdKeys<S>,
+        identity: IdentityKey,
+        identities: Arc<Vec<IdentityPublicKey>>,
+        params: AbcParams,
+        resume: &ResumePoint,
     ) -> Result<Self, AbcError> {
         if !config.contains(our_id) {
             return Err(AbcError::NotAMember {
@@ -746,6 +1031,11 @@ impl<S: ThresholdSigner> Abc<S> {
                 limit,
             });
         }
+        resume.validate(
+            params.dedup_rounds,
+            config.n().saturating_mul(params.batch_size),
+        )?;
+        let first_round = resume.next_round;
         let mut abc = Abc {
             config,
             our_id,
@@ -755,17 +1045,73 @@ impl<S: ThresholdSigner> Abc<S> {
             identities,
             params,
             max_value,
-            round: 0,
+            round: first_round,
             rounds: BTreeMap::new(),
             pending: PendingQueue::default(),
-            delivered: DeliveredWindow::new(params.dedup_rounds),
+            delivered: DeliveredWindow::restore(params.dedup_rounds, resume),
             cache: Arc::new(Mutex::new(SignatureCache::default())),
         };
-        lock(&abc.cache).set_rounds(0, ROUND_WINDOW);
-        // Round 0 now: this also checks the key sets against the group (MVBA's constructor).
-        let first = abc.new_round(0)?;
-        abc.rounds.insert(0, first);
+        lock(&abc.cache).set_rounds(first_round, first_round.saturating_add(ROUND_WINDOW));
+        // The first round now: this also checks the key sets against the group (MVBA's
+        // constructor).
+        let first = abc.new_round(first_round)?;
+        abc.rounds.insert(first_round, first);
         Ok(abc)
+    }
+
+    /// Jump this (lagging) instance forward to `resume.next_round`, after the layer above
+    /// installed a state snapshot taken right after round `resume.next_round − 1`: the rounds
+    /// before it are dropped unordered, the dedup window becomes `resume`'s, and what the
+    /// instance holds for `resume.next_round` and later rounds (batches, MVBA instances, its
+    /// own messages) is kept. Unlike a fresh [`Abc::resume`], the instance keeps the messages it
+    /// received while lagging and remembers what it sent, so it neither misses the first round
+    /// nor equivocates in it. Pending requests in the new window leave the queue; pending
+    /// requests delivered in a skipped round before the window cannot be told apart and are
+    /// proposed again (and delivered again, as a client's late re-submission would be).
+    ///
+    /// `resume` is checked like in [`Abc::resume`] and must be ahead of the current round
+    /// ([`ResumeError::NotAhead`]). The step holds whatever the jump lets the instance do at
+    /// once (start the round, deliver it if it was already decided).
+    pub fn skip_to(
+        &mut self,
+        resume: &ResumePoint,
+        rng: &mut dyn RngCore,
+    ) -> Result<ProtocolStep<Self>, AbcError> {
+        resume.validate(
+            self.params.dedup_rounds,
+            self.config.n().saturating_mul(self.params.batch_size),
+        )?;
+        if resume.next_round <= self.round {
+            return Err(ResumeError::NotAhead {
+                next_round: resume.next_round,
+                current: self.round,
+            }
+            .into());
+        }
+        let next_round = resume.next_round;
+        self.rounds = self.rounds.split_off(&next_round);
+        self.round = next_round;
+        self.delivered = DeliveredWindow::restore(self.params.dedup_rounds, resume);
+        let in_window: Vec<Digest> = resume
+            .recent
+            .iter()
+            .flat_map(|(_, digests)| digests.iter().copied())
+            .collect();
+        self.pending.remove_all(&in_window);
+        lock(&self.cache).set_rounds(next_round, next_round.saturating_add(ROUND_WINDOW));
+        let mut step = Step::new();
+        self.progress(rng, &mut step);
+        Ok(step)
+    }
+
+    /// The resume point of this instance as it stands: its current round and its dedup window
+    /// (rounds that delivered nothing left out), i.e. what [`RecentWindow::resume_point`] gives
+    /// after all of this instance's deliveries.
+    pub fn resume_point(&self) -> ResumePoint {
+        ResumePoint {
+            next_round: self.round,
+            recent: self.delivered.nonempty_rounds(),
+        }
     }
 
     /// The round being ordered (every earlier round has been delivered).

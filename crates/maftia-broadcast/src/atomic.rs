@@ -10,8 +10,9 @@
 //!
 //! Guarantees, assumptions, complexity and memory bounds are those of the chosen mode (see
 //! each module). All nodes of a group must run the same mode: a message of the other mode is
-//! reported as [`AtomicFault::WrongMode`] and dropped.
-use crate::abc::{self, Abc, AbcDelivery, AbcError, AbcFault, AbcParams};
+//! reported as [`AtomicFault::WrongMode`] and dropped. State transfer
+//! ([`AtomicBroadcast::resume`], [`AtomicBroadcast::skip_to`]) exists in the CKPS01 mode only.
+use crate::abc::{self, Abc, AbcDelivery, AbcError, AbcFault, AbcParams, ResumePoint};
 use crate::htabc::{self, HtAbc, HtAbcError, HtAbcFault, HtParams};
 use crate::keys::ThresholdKeys;
 use maftia_core::{GroupConfig, NodeId, Protocol, ProtocolStep, Step};
@@ -94,6 +95,42 @@ impl<S: ThresholdSigner + Send + Sync + 'static> AtomicBroadcast<S> {
                 config, our_id, instance, keys, params, ht,
             )?),
         })
+    }
+
+    /// Like [`AtomicBroadcast::new`], but ordering starts at `resume.next_round` with its dedup
+    /// window (state transfer, [`Abc::resume`]). CKPS01 mode only: the high-throughput mode
+    /// refuses with [`HtAbcError::StateTransferUnsupported`].
+    #[allow(clippy::too_many_arguments)]
+    pub fn resume(
+        config: GroupConfig,
+        our_id: NodeId,
+        instance: Vec<u8>,
+        keys: ThresholdKeys<S>,
+        identity: IdentityKey,
+        identities: Arc<Vec<IdentityPublicKey>>,
+        params: AbcParams,
+        mode: OrderingMode,
+        resume: &ResumePoint,
+    ) -> Result<Self, AtomicError> {
+        match mode {
+            OrderingMode::Ckps01 => Ok(AtomicBroadcast::Ckps01(Abc::resume(
+                config, our_id, instance, keys, identity, identities, params, resume,
+            )?)),
+            OrderingMode::HighThroughput(_) => Err(HtAbcError::StateTransferUnsupported.into()),
+        }
+    }
+
+    /// Jump a lagging instance forward after state transfer ([`Abc::skip_to`]). CKPS01 mode
+    /// only: the high-throughput mode refuses with [`HtAbcError::StateTransferUnsupported`].
+    pub fn skip_to(
+        &mut self,
+        resume: &ResumePoint,
+        rng: &mut dyn RngCore,
+    ) -> Result<ProtocolStep<Self>, AtomicError> {
+        match self {
+            AtomicBroadcast::Ckps01(node) => Ok(wrap_ckps01::<S>(node.skip_to(resume, rng)?)),
+            AtomicBroadcast::HighThroughput(_) => Err(HtAbcError::StateTransferUnsupported.into()),
+        }
     }
 
     /// The mode this instance runs.

@@ -367,6 +367,9 @@ pub enum HtAbcFault {
 pub enum HtAbcError {
     #[error("{node} is not a member of a group of {n}")]
     NotAMember { node: NodeId, n: usize },
+    /// [`crate::atomic::AtomicBroadcast::resume`] in this mode.
+    #[error("state transfer is not supported in the high-throughput mode")]
+    StateTransferUnsupported,
     #[error("invalid parameters: {0}")]
     InvalidParams(&'static str),
     #[error("batches of up to {size} bytes do not fit a message (limit {limit})")]
