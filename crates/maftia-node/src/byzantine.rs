@@ -1,5 +1,6 @@
-//! TEST-ONLY Byzantine behaviours of a replica, applied to its outgoing frames (feature
-//! `byzantine-test-modes`; without the feature the `--byzantine` flag does not exist).
+//! Byzantine behaviours of a replica for tests and the demo, applied to its outgoing frames
+//! (feature `byzantine-test-modes`, on by default; without the feature the `--byzantine` flag
+//! does not exist — build production binaries with `--no-default-features`).
 //!
 //! - `silent`: nothing leaves the replica;
 //! - `garbage`: every frame is replaced by random bytes of the same length (the receivers refuse
@@ -10,7 +11,10 @@
 //! - `invalid-shares`: every threshold signature share it sends (consistent-broadcast echoes,
 //!   binary-agreement votes, coin shares) is replaced by a valid curve point that is not its
 //!   share (the receivers report `InvalidShare` / `InvalidCoinShare` whenever their optimistic
-//!   combination fails and they check shares one by one); CKPS01 mode only.
+//!   combination fails and they check shares one by one); CKPS01 mode only;
+//! - `intruded` (what `maftia demo` uses): `invalid-shares` towards the other replicas, and
+//!   towards clients wrong results signed with the replica's real reply key share, alternating
+//!   with invalid shares on the real result ([`crate::service`]).
 use crate::node::ByzantineMode;
 use bytes::Bytes;
 use maftia_broadcast::abc::{batch_message, Message, BATCH_SIGNATURE_CONTEXT};
@@ -36,7 +40,7 @@ pub fn transform(
             rand::rngs::OsRng.fill_bytes(&mut bytes);
             vec![Bytes::from(bytes)]
         }
-        ByzantineMode::InvalidShares => {
+        ByzantineMode::InvalidShares | ByzantineMode::Intruded => {
             match codec::decode::<AtomicBroadcastMessage<BlsThresholdSigner>>(frame) {
                 Ok(AtomicMessage::Ckps01(Message::Mvba { round, mut message })) => {
                     corrupt_mvba(&mut message);

@@ -30,7 +30,18 @@
 //! lane_window = 16                          # certified-but-unordered slots a lane may run ahead
 //! retained_slots = 64                       # delivered slots per lane kept to answer fetches
 //! max_fetches = 64                          # fetches outstanding at once
+//!
+//! [service]                                 # the replicated key-value service (optional; without
+//!                                           # it the replica only orders /submit requests)
+//! client_listen = "127.0.0.1:7200"          # client port (plain TCP; requests signed, replies certified)
+//! clients_file = "keys/clients.toml"        # the service's authorised client keys
+//! client_rate = 2000                        # requests per second admitted per client
+//! client_burst = 500                        # token bucket size per client
+//! max_connections = 1024                    # client connections at once
 //! ```
+//!
+//! With a `[service]` table, `ordering.max_request_size` must fit a signed request with the
+//! largest value (64 KiB) — `maftia testnet` writes 80 KiB.
 use crate::durable::DurableOptions;
 use maftia_broadcast::abc::AbcParams;
 use maftia_broadcast::atomic::OrderingMode;
@@ -161,6 +172,8 @@ pub struct NodeConfig {
     pub log: String,
     #[serde(default)]
     pub ordering: OrderingConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<crate::service::ServiceConfig>,
 }
 
 fn default_instance() -> String {
@@ -190,11 +203,15 @@ impl NodeConfig {
             message: e.to_string(),
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for p in [
+        let mut paths = vec![
             &mut config.group_file,
             &mut config.secret_file,
             &mut config.data_dir,
-        ] {
+        ];
+        if let Some(service) = &mut config.service {
+            paths.push(&mut service.clients_file);
+        }
+        for p in paths {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -231,6 +248,27 @@ impl NodeConfig {
                 self.management, self.listen
             ));
         }
+        if let Some(service) = &self.service {
+            let client = service.client_listen;
+            let clash = |other: SocketAddr| {
+                client.port() == other.port()
+                    && (client.ip() == other.ip()
+                        || client.ip().is_unspecified()
+                        || other.ip().is_unspecified())
+            };
+            if clash(self.listen) || clash(self.management) {
+                return Err(format!(
+                    "service.client_listen {client} must differ from the replica port {} and the management address {}",
+                    self.listen, self.management
+                ));
+            }
+            if service.max_connections == 0 || service.client_rate == 0 || service.client_burst == 0
+            {
+                return Err(
+                    "service.max_connections, client_rate and client_burst must be positive".into(),
+                );
+            }
+        }
         let o = &self.ordering;
         if o.event_batch == 0 || o.submit_queue == 0 {
             return Err("ordering.event_batch and ordering.submit_queue must be positive".into());
@@ -265,6 +303,7 @@ mod tests {
             instance: default_instance(),
             log: default_log(),
             ordering: OrderingConfig::default(),
+            service: None,
         }
     }
 

@@ -86,9 +86,11 @@ const META_GROUP: &str = "group";
 const META_OUR_ID: &str = "our_id";
 const META_SEED: &str = "rng_seed";
 const META_INCARNATION: &str = "incarnation";
+const META_BASE: &str = "base";
 
 const EVENT_INPUT: u8 = 1;
 const EVENT_MESSAGE: u8 = 2;
+const EVENT_SKIP: u8 = 3;
 
 /// What the driver needs from a protocol's outputs: a canonical encoding (stored and chained)
 /// and how many client requests an output delivers (for status).
@@ -112,6 +114,99 @@ impl DurableOutput for maftia_broadcast::abc::AbcDelivery {
     }
     fn request_count(&self) -> usize {
         self.requests.len()
+    }
+}
+
+/// The round and requests of an [`maftia_broadcast::abc::AbcDelivery`] encoded by
+/// [`DurableOutput::encode_output`]; `None` if the bytes are not such an encoding.
+pub fn decode_abc_delivery(encoded: &[u8]) -> Option<(u64, Vec<Vec<u8>>)> {
+    let read_u64 = |bytes: &[u8], at: usize| -> Option<u64> {
+        Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+    };
+    let round = read_u64(encoded, 0)?;
+    let count = read_u64(encoded, 8)?;
+    let mut at = 16usize;
+    // Each request takes at least its 8-byte length, so `count` is bounded by the input size.
+    let mut requests = Vec::with_capacity(usize::try_from(count).ok()?.min(encoded.len() / 8));
+    for _ in 0..count {
+        let len = usize::try_from(read_u64(encoded, at)?).ok()?;
+        at = at.checked_add(8)?;
+        let end = at.checked_add(len)?;
+        requests.push(encoded.get(at..end)?.to_vec());
+        at = end;
+    }
+    (at == encoded.len()).then_some((round, requests))
+}
+
+/// A jump forward of the log (state transfer, [`DurableReplica::skip`]): the height and chain head
+/// of the first delivery after it, and the caller's payload (the certified snapshot) from which
+/// it rebuilds its service state. The latest one is kept in the meta table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Base {
+    pub height: u64,
+    pub chain: Digest,
+    pub payload: Vec<u8>,
+}
+
+impl Base {
+    /// `height (u64 LE) ‖ chain ‖ payload`.
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(40 + self.payload.len());
+        out.extend_from_slice(&self.height.to_le_bytes());
+        out.extend_from_slice(&self.chain);
+        out.extend_from_slice(&self.payload);
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Base, DurableError> {
+        let corrupt = || DurableError::Corrupt("meta base is shorter than 40 bytes".into());
+        let height = bytes.get(..8).ok_or_else(corrupt)?;
+        let chain = bytes.get(8..40).ok_or_else(corrupt)?;
+        Ok(Base {
+            height: meta_u64(height, "base height")?,
+            chain: chain.try_into().map_err(|_| corrupt())?,
+            payload: bytes[40..].to_vec(),
+        })
+    }
+}
+
+/// A protocol that can jump forward to a later point of its run (state transfer): the caller
+/// has installed the state at that point from elsewhere.
+pub trait SkipForward: Protocol {
+    /// Move the instance forward to `point` (the protocol's own encoding of where to resume),
+    /// keeping what it holds for the rounds from there on.
+    fn skip_forward(
+        &mut self,
+        point: &[u8],
+        rng: &mut dyn RngCore,
+    ) -> Result<maftia_core::ProtocolStep<Self>, String>;
+}
+
+impl<S: maftia_crypto::threshold::ThresholdSigner + Send + Sync + 'static> SkipForward
+    for maftia_broadcast::atomic::AtomicBroadcast<S>
+{
+    /// `point` is a codec-encoded [`maftia_broadcast::abc::ResumePoint`].
+    fn skip_forward(
+        &mut self,
+        point: &[u8],
+        rng: &mut dyn RngCore,
+    ) -> Result<maftia_core::ProtocolStep<Self>, String> {
+        let point: maftia_broadcast::abc::ResumePoint =
+            codec::decode(point).map_err(|e| e.to_string())?;
+        self.skip_to(&point, rng).map_err(|e| e.to_string())
+    }
+}
+
+impl<S: maftia_crypto::threshold::ThresholdSigner> SkipForward for maftia_broadcast::abc::Abc<S> {
+    /// `point` is a codec-encoded [`maftia_broadcast::abc::ResumePoint`].
+    fn skip_forward(
+        &mut self,
+        point: &[u8],
+        rng: &mut dyn RngCore,
+    ) -> Result<maftia_core::ProtocolStep<Self>, String> {
+        let point: maftia_broadcast::abc::ResumePoint =
+            codec::decode(point).map_err(|e| e.to_string())?;
+        self.skip_to(&point, rng).map_err(|e| e.to_string())
     }
 }
 
@@ -258,6 +353,8 @@ pub struct DurableReplica<P: Protocol> {
     rng: ChaCha20Rng,
     incarnation: u64,
     next_event: u64,
+    /// Height of the first delivery the log produces (0 unless a checkpoint was installed).
+    base_height: u64,
     height: u64,
     chain: Digest,
     delivered_requests: u64,
@@ -299,6 +396,24 @@ fn encode_event<I: Serialize>(event: &Event<I>) -> Result<Vec<u8>, DurableError>
     }
 }
 
+/// Encode a skip event: `EVENT_SKIP ‖ point length (u64 LE) ‖ point ‖ base`.
+fn encode_skip(point: &[u8], base: &Base) -> Vec<u8> {
+    let mut out = vec![EVENT_SKIP];
+    out.extend_from_slice(&(point.len() as u64).to_le_bytes());
+    out.extend_from_slice(point);
+    out.extend_from_slice(&base.encode());
+    out
+}
+
+fn decode_skip(index: u64, bytes: &[u8]) -> Result<(Vec<u8>, Base), DurableError> {
+    let corrupt = || DurableError::Corrupt(format!("skip event {index} is truncated"));
+    let len = bytes.get(1..9).ok_or_else(corrupt)?;
+    let len = usize::try_from(meta_u64(len, "skip point length")?).map_err(|_| corrupt())?;
+    let end = len.checked_add(9).ok_or_else(corrupt)?;
+    let point = bytes.get(9..end).ok_or_else(corrupt)?.to_vec();
+    Ok((point, Base::decode(&bytes[end..])?))
+}
+
 fn decode_event<I: DeserializeOwned>(index: u64, bytes: &[u8]) -> Result<Event<I>, DurableError> {
     let corrupt = |what: &str| DurableError::Corrupt(format!("event {index}: {what}"));
     match bytes.split_first() {
@@ -333,7 +448,7 @@ fn meta_u64(value: &[u8], what: &str) -> Result<u64, DurableError> {
 
 impl<P> DurableReplica<P>
 where
-    P: Protocol,
+    P: SkipForward,
     P::Input: Serialize + DeserializeOwned + Clone,
     P::Output: DurableOutput,
 {
@@ -360,6 +475,7 @@ where
             rng: ChaCha20Rng::from_seed(seed),
             incarnation,
             next_event: 0,
+            base_height: 0,
             height: 0,
             chain: [0; 32],
             delivered_requests: 0,
@@ -380,6 +496,82 @@ where
             faults,
         };
         Ok((replica, recovery))
+    }
+
+    /// The base of the log at `path`, if the replica there installed a checkpoint; read before
+    /// [`DurableReplica::open`] so that the caller can build the protocol instance that resumes
+    /// from it. `None` for a missing or fresh database.
+    pub fn read_base(path: &Path) -> Result<Option<Base>, DurableError> {
+        if !path.exists() {
+            return Ok(None);
+        }
+        let database = db(Database::create(path))?;
+        Self::base_of(&database)
+    }
+
+    fn base_of(database: &Database) -> Result<Option<Base>, DurableError> {
+        let txn = db(database.begin_read())?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(DurableError::Database(e.into())),
+        };
+        let stored = db(meta.get(META_BASE))?.map(|v| v.value().to_vec());
+        stored.map(|bytes| Base::decode(&bytes)).transpose()
+    }
+
+    /// Jump forward (state transfer): the caller installed, from a certified checkpoint, the
+    /// state after the delivery at `base.height − 1`; the protocol skips to `point` (its encoding
+    /// of where to resume) and the next delivery gets height `base.height`, chained from
+    /// `base.chain`. The skip is an event of the log (logged with an fsync before it is applied,
+    /// like every event), so a replay repeats it at the same place; `base` also becomes the
+    /// database's latest base ([`DurableReplica::read_base`]) in the same transaction.
+    pub fn skip(&mut self, point: Vec<u8>, base: Base) -> Result<BatchOutcome<P>, DurableError> {
+        if base.height < self.height {
+            return Err(DurableError::Corrupt(format!(
+                "skip back from height {} to {}",
+                self.height, base.height
+            )));
+        }
+        let event = encode_skip(&point, &base);
+        {
+            let mut txn = db(self.database.begin_write())?;
+            db(txn.set_durability(Durability::Immediate))?;
+            {
+                let mut table = db(txn.open_table(EVENTS))?;
+                db(table.insert(self.next_event, event.as_slice()))?;
+                let mut meta = db(txn.open_table(META))?;
+                db(meta.insert(META_BASE, base.encode().as_slice()))?;
+            }
+            db(txn.commit())?;
+        }
+        self.next_event += 1;
+        let mut outcome = BatchOutcome::<P>::default();
+        self.apply_skip(&point, &base, &mut outcome)?;
+        self.store_deliveries(&outcome.delivered)?;
+        let outgoing = std::mem::take(&mut outcome.outgoing);
+        for item in &outgoing {
+            self.remember(item);
+        }
+        outcome.outgoing = outgoing;
+        Ok(outcome)
+    }
+
+    fn apply_skip(
+        &mut self,
+        point: &[u8],
+        base: &Base,
+        outcome: &mut BatchOutcome<P>,
+    ) -> Result<(), DurableError> {
+        let step = self
+            .protocol
+            .skip_forward(point, &mut self.rng)
+            .map_err(|e| DurableError::Corrupt(format!("the protocol refused to skip: {e}")))?;
+        self.base_height = base.height;
+        self.height = base.height;
+        self.chain = base.chain;
+        self.execute(step, outcome);
+        Ok(())
     }
 
     /// Check (or write) the meta table and bump the incarnation.
@@ -459,7 +651,9 @@ where
             let txn = db(self.database.begin_read())?;
             let table = db(txn.open_table(EVENTS))?;
             let delivered = db(txn.open_table(DELIVERED))?;
-            (db(delivered.len())?, db(table.len())?)
+            // Skips leave gaps: the stored deliveries end at the last key.
+            let end = db(delivered.last())?.map_or(0, |(height, _)| height.value() + 1);
+            (end, db(table.len())?)
         };
         if total > 0 {
             tracing::info!(
@@ -492,6 +686,15 @@ where
                         self.next_event
                     )));
                 }
+                if bytes.first() == Some(&EVENT_SKIP) {
+                    let (point, base) = decode_skip(index, &bytes)?;
+                    self.apply_skip(&point, &base, &mut outcome)?;
+                    self.next_event = index + 1;
+                    for item in std::mem::take(&mut outcome.outgoing) {
+                        self.remember(&item);
+                    }
+                    continue;
+                }
                 match decode_event::<P::Input>(index, &bytes)? {
                     Event::Input(input) => {
                         // A refused input was refused the first time too: nothing to report.
@@ -523,7 +726,7 @@ where
         }
         if self.height < stored_heights {
             return Err(DurableError::Corrupt(format!(
-                "{stored_heights} deliveries stored but the log replays only {}",
+                "deliveries stored up to height {stored_heights} but the log replays only {}",
                 self.height
             )));
         }
@@ -558,6 +761,23 @@ where
                 } else {
                     db(table.insert(item.height, value.as_slice()))?;
                 }
+            }
+        }
+        db(txn.commit())?;
+        Ok(())
+    }
+
+    fn store_deliveries(&mut self, delivered: &[Delivered<P::Output>]) -> Result<(), DurableError> {
+        if delivered.is_empty() {
+            return Ok(());
+        }
+        let mut txn = db(self.database.begin_write())?;
+        db(txn.set_durability(Durability::None))?;
+        {
+            let mut table = db(txn.open_table(DELIVERED))?;
+            for item in delivered {
+                let value = stored_delivery(&item.output.encode_output(), &item.chain);
+                db(table.insert(item.height, value.as_slice()))?;
             }
         }
         db(txn.commit())?;
@@ -632,18 +852,7 @@ where
             }
         }
         // 4. Store deliveries (no fsync: a replay regenerates them).
-        if !outcome.delivered.is_empty() {
-            let mut txn = db(self.database.begin_write())?;
-            db(txn.set_durability(Durability::None))?;
-            {
-                let mut table = db(txn.open_table(DELIVERED))?;
-                for item in &outcome.delivered {
-                    let value = stored_delivery(&item.output.encode_output(), &item.chain);
-                    db(table.insert(item.height, value.as_slice()))?;
-                }
-            }
-            db(txn.commit())?;
-        }
+        self.store_deliveries(&outcome.delivered)?;
         // 5. Remember and return what to send.
         let outgoing = std::mem::take(&mut outcome.outgoing);
         for item in &outgoing {
@@ -734,6 +943,30 @@ where
             .unwrap_or_default()
     }
 
+    /// The stored deliveries with heights in `from..to`, as [`DurableOutput::encode_output`]
+    /// wrote them, in height order (the service layer re-executes them after a restart).
+    pub fn stored_deliveries(
+        &self,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<(u64, Vec<u8>)>, DurableError> {
+        let txn = db(self.database.begin_read())?;
+        let table = db(txn.open_table(DELIVERED))?;
+        let mut out = Vec::new();
+        for entry in db(table.range(from..to))? {
+            let (height, value) = db(entry)?;
+            let stored = value.value();
+            let encoded = stored.get(32..).ok_or_else(|| {
+                DurableError::Corrupt(format!(
+                    "delivery {} is shorter than its chain digest",
+                    height.value()
+                ))
+            })?;
+            out.push((height.value(), encoded.to_vec()));
+        }
+        Ok(out)
+    }
+
     /// Make the database durable (called on shutdown: the deliveries were written without fsync).
     pub fn flush(&mut self) -> Result<(), DurableError> {
         let mut txn = db(self.database.begin_write())?;
@@ -751,6 +984,11 @@ where
     /// This start's incarnation (bumped at every open).
     pub fn incarnation(&self) -> u64 {
         self.incarnation
+    }
+    /// Height of the first delivery in the log (0 unless a checkpoint was installed; the
+    /// deliveries below it are not stored).
+    pub fn base_height(&self) -> u64 {
+        self.base_height
     }
     /// Outputs delivered so far (the next delivery's height).
     pub fn height(&self) -> u64 {

@@ -8,7 +8,12 @@
 //! - [`testnet`]: `maftia testnet` (generate and start a local cluster) and `maftia status`;
 //! - [`bench`]: `maftia bench` (the in-process benchmark harness over a matrix, tables, JSON,
 //!   CSV and SVG charts; `--compare hbbft` with the `compare-hbbft` feature);
-//! - `byzantine` (feature `byzantine-test-modes`, TEST ONLY): misbehaving replicas for tests.
+//! - [`service`]: the replicated key-value service inside a replica (client port, admission,
+//!   execution, reply shares);
+//! - [`kv_cli`]: `maftia kv`, verified key-value operations from the command line;
+//! - [`demo`]: `maftia demo`, a local cluster tolerating an intrusion and a crash, end to end;
+//! - `byzantine` (feature `byzantine-test-modes`, on by default, for tests and the demo):
+//!   misbehaving replicas.
 #![forbid(unsafe_code)]
 #![cfg_attr(
     not(test),
@@ -18,10 +23,14 @@
 pub mod bench;
 #[cfg(feature = "byzantine-test-modes")]
 pub mod byzantine;
+pub mod checkpoint;
 pub mod config;
+pub mod demo;
 pub mod durable;
 pub mod keygen;
+pub mod kv_cli;
 pub mod management;
 pub mod metrics;
 pub mod node;
+pub mod service;
 pub mod testnet;

@@ -1,7 +1,7 @@
 //! The `maftia` binary: `keygen`, `node` (a replica), `testnet`, `status` and `bench`.
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use maftia_node::{bench, config::NodeConfig, keygen, node, testnet};
+use maftia_node::{bench, config::NodeConfig, demo, keygen, kv_cli, node, testnet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -18,6 +18,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start a temporary 4-replica cluster on loopback, run a key-value workload from several
+    /// clients while one replica is intruded and another crashes and restarts, and print what
+    /// happened: throughput, latency, evidence, catch-up time and a linearizability verdict.
+    Demo(demo::DemoArgs),
+    /// Key-value operations against a running cluster; every answer is a verified threshold
+    /// certificate of the service.
+    Kv(kv_cli::KvArgs),
     /// Generate the keys of a new group with a trusted dealer: one public group file and one
     /// secret key file per replica (mode 0600), for the asynchronous configuration (n > 3f).
     Keygen {
@@ -39,10 +46,16 @@ enum Command {
         /// The replica's TOML configuration (fields documented in README.md).
         #[arg(long)]
         config: PathBuf,
-        /// TEST ONLY: misbehave on purpose (silent, garbage, equivocate, invalid-shares).
+        /// FOR TESTS AND THE DEMO: misbehave on purpose (silent, garbage, equivocate,
+        /// invalid-shares, intruded).
         #[cfg(feature = "byzantine-test-modes")]
         #[arg(long)]
         byzantine: Option<node::ByzantineMode>,
+        /// FOR TESTS AND THE DEMO: accept `POST /byzantine` (a mode name or `none`) on the
+        /// management endpoint to change the Byzantine mode while running.
+        #[cfg(feature = "byzantine-test-modes")]
+        #[arg(long)]
+        allow_byzantine_switch: bool,
     },
     /// Generate a local cluster (keys and one configuration per replica on free loopback
     /// ports) with `--n/--f/--dir`, or start one with `testnet up --dir DIR`.
@@ -105,10 +118,25 @@ fn init_logs(default: &str) {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Keygen { n, f, out } => keygen::run(n, f, &out),
+        Command::Demo(args) => {
+            init_logs("warn");
+            demo::run(&args).map(|_| ())
+        }
+        Command::Kv(args) => runtime()?.block_on(kv_cli::run(args)),
         #[cfg(feature = "byzantine-test-modes")]
-        Command::Node { config, byzantine } => run_node(config, byzantine),
+        Command::Node {
+            config,
+            byzantine,
+            allow_byzantine_switch,
+        } => run_node(
+            config,
+            node::RunOptions {
+                byzantine,
+                byzantine_switch: allow_byzantine_switch,
+            },
+        ),
         #[cfg(not(feature = "byzantine-test-modes"))]
-        Command::Node { config } => run_node(config, None),
+        Command::Node { config } => run_node(config, node::RunOptions::default()),
         Command::Testnet {
             action: Some(TestnetAction::Up { dir }),
             ..
@@ -135,10 +163,10 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-fn run_node(config_path: PathBuf, byzantine: Option<node::ByzantineMode>) -> Result<()> {
+fn run_node(config_path: PathBuf, options: node::RunOptions) -> Result<()> {
     let config = NodeConfig::load(&config_path)?;
     init_logs(&config.log);
-    runtime()?.block_on(node::run(config, node::RunOptions { byzantine }))
+    runtime()?.block_on(node::run(config, options))
 }
 
 fn main() -> ExitCode {

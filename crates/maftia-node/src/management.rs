@@ -55,6 +55,20 @@ pub struct StatusSnapshot {
     pub evidence: BTreeMap<String, BTreeMap<String, u64>>,
     /// The Byzantine test mode this replica runs, if any.
     pub byzantine: Option<String>,
+    /// The replicated key-value service, if configured.
+    pub service: Option<ServiceStatus>,
+}
+
+/// The service part of `GET /status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    /// Ordered entries executed.
+    pub executed: u64,
+    /// Keys in the store.
+    pub keys: u64,
+    /// The newest certified checkpoint: delivery height, entries executed, and the hex of the
+    /// certified state digest.
+    pub checkpoint: Option<(u64, u64, String)>,
 }
 
 /// State shared between the replica loop and the endpoint.
@@ -65,6 +79,9 @@ pub struct Shared {
     pub congested: std::sync::atomic::AtomicBool,
     pub max_request: usize,
     pub prometheus: PrometheusHandle,
+    /// `Some` when the replica runs with `--allow-byzantine-switch` (tests and the demo): a
+    /// Byzantine mode requested through `POST /byzantine`, for the replica loop to apply.
+    pub byzantine_switch: Option<Mutex<Option<Option<crate::node::ByzantineMode>>>>,
 }
 
 /// A request submitted through `POST /submit`, with where to send the verdict.
@@ -73,7 +90,7 @@ pub struct Submission {
     pub reply: oneshot::Sender<SubmitOutcome>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum SubmitOutcome {
     Accepted,
     Busy,
@@ -261,7 +278,28 @@ async fn route(
                 Err(_) => text(503, "the replica is shutting down\n"),
             }
         }
-        (_, "/status" | "/metrics" | "/submit") => text(405, "method not allowed\n"),
+        ("POST", "/byzantine") => {
+            let Some(switch) = &shared.byzantine_switch else {
+                return text(
+                    404,
+                    "this replica was not started with --allow-byzantine-switch\n",
+                );
+            };
+            let name = String::from_utf8_lossy(&body).trim().to_string();
+            let mode = if name == "none" {
+                None
+            } else {
+                match name.parse::<crate::node::ByzantineMode>() {
+                    Ok(mode) => Some(mode),
+                    Err(e) => return text(400, format!("{e} or none\n")),
+                }
+            };
+            *switch
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(mode);
+            text(200, "switching\n")
+        }
+        (_, "/status" | "/metrics" | "/submit" | "/byzantine") => text(405, "method not allowed\n"),
         _ => text(404, "not found (GET /status, GET /metrics, POST /submit)\n"),
     }
 }

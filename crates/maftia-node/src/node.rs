@@ -27,9 +27,11 @@
 //! the first one of a peer (then at most one per [`WARN_INTERVAL`]) is logged with
 //! `tracing::warn!`. A run without Byzantine nodes logs no warning: `FutureRound`-style reports
 //! ([`is_lag_signal`]), which honest peers cause whenever this replica lags, are counted but logged at debug level only.
+use crate::checkpoint::{CheckpointMessage, Checkpointer, Transfer, CHECKPOINT_MAGIC};
 use crate::config::NodeConfig;
-use crate::durable::{DurableReplica, Event, Outgoing};
+use crate::durable::{Base, BatchOutcome, DurableReplica, Event, Outgoing};
 use crate::management::{self, Shared, StatusSnapshot, Submission, SubmitOutcome};
+use crate::service::{self, Admitted, CheckpointAction, ClientEvent, Service};
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use maftia_broadcast::abc::AbcError;
@@ -37,7 +39,7 @@ use maftia_broadcast::atomic::{AtomicBroadcast, AtomicError, OrderingMode};
 use maftia_broadcast::htabc::HtAbcError;
 use maftia_broadcast::ThresholdKeys;
 use maftia_core::{GroupConfig, NodeId};
-use maftia_crypto::bls::BlsThresholdSigner;
+use maftia_crypto::bls::{BlsThresholdSigner, KeySetId};
 use maftia_crypto::hash::hash;
 use maftia_crypto::keygen;
 use maftia_net::{NetConfig, NetLimits, Network, Recipients};
@@ -58,6 +60,8 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// A peer's resync request is answered at most once per this interval (shorter than
 /// [`RESYNC_INTERVAL`], so timer jitter never makes a lagging peer wait two rounds of asking).
 pub const RESYNC_ANSWER_INTERVAL: Duration = Duration::from_millis(1500);
+/// Checkpoint frames buffered between two batches (more are dropped).
+const MAX_CHECKPOINT_FRAMES: usize = 1024;
 /// Evidence against one peer is logged at most once per this interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often network statistics are copied into metrics and status.
@@ -76,6 +80,8 @@ pub enum ByzantineMode {
     Equivocate,
     /// Replace every threshold signature share by a point that is not our share.
     InvalidShares,
+    /// `InvalidShares` towards replicas, and lies to clients (see `byzantine`).
+    Intruded,
 }
 
 impl std::str::FromStr for ByzantineMode {
@@ -86,8 +92,9 @@ impl std::str::FromStr for ByzantineMode {
             "garbage" => Ok(ByzantineMode::Garbage),
             "equivocate" => Ok(ByzantineMode::Equivocate),
             "invalid-shares" => Ok(ByzantineMode::InvalidShares),
+            "intruded" => Ok(ByzantineMode::Intruded),
             other => Err(format!(
-                "unknown Byzantine mode {other:?} (silent, garbage, equivocate, invalid-shares)"
+                "unknown Byzantine mode {other:?} (silent, garbage, equivocate, invalid-shares, intruded)"
             )),
         }
     }
@@ -97,6 +104,9 @@ impl std::str::FromStr for ByzantineMode {
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
     pub byzantine: Option<ByzantineMode>,
+    /// Accept `POST /byzantine` on the management endpoint to change the Byzantine mode while
+    /// running (feature `byzantine-test-modes`; tests and `maftia demo`).
+    pub byzantine_switch: bool,
 }
 
 /// A short label of a fault kind for metrics: the variant names of its `Debug` form, e.g.
@@ -211,6 +221,17 @@ fn build_protocol(
 
 /// Run a replica until SIGTERM or SIGINT.
 pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
+    let db_path = config.data_dir.join("replica.redb");
+    // The latest checkpoint installed by state transfer, from which the service state resumes.
+    let base =
+        tokio::task::block_in_place(|| DurableReplica::<ReplicaProtocol>::read_base(&db_path))
+            .with_context(|| format!("cannot read the replica database {}", db_path.display()))?;
+    let base_transfer = base
+        .map(|b| Transfer::decode(&b.payload))
+        .transpose()
+        .context("the checkpoint stored in the replica database does not decode")?;
     let (abc, group, secret) = build_protocol(&config)?;
     let our_id = NodeId(config.id);
     let n = group.n;
@@ -226,9 +247,20 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
             )
         })?;
 
-    std::fs::create_dir_all(&config.data_dir)
-        .with_context(|| format!("cannot create data_dir {}", config.data_dir.display()))?;
-    let db_path = config.data_dir.join("replica.redb");
+    let client_listener = match &config.service {
+        Some(service) => Some(
+            tokio::net::TcpListener::bind(service.client_listen)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot listen on the client address {} (is another replica or program using this port?)",
+                        service.client_listen
+                    )
+                })?,
+        ),
+        None => None,
+    };
+
     let started = Instant::now();
     let (mut replica, recovery) = tokio::task::block_in_place(|| {
         DurableReplica::open(
@@ -248,6 +280,24 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "replica state loaded"
     );
+
+    let mut service = match &config.service {
+        Some(service_config) => {
+            let mut service =
+                build_service(&config, service_config, &group, &secret, options.byzantine)?;
+            let started = Instant::now();
+            let executed =
+                tokio::task::block_in_place(|| service.recover(&replica, base_transfer.as_ref()))
+                    .context("cannot rebuild the service state")?;
+            tracing::info!(
+                executed,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "service state rebuilt"
+            );
+            Some(service)
+        }
+        None => None,
+    };
 
     let peers: BTreeMap<NodeId, std::net::SocketAddr> = config
         .peers
@@ -272,6 +322,7 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
         congested: std::sync::atomic::AtomicBool::new(false),
         max_request: config.ordering.max_request_size,
         prometheus: crate::metrics::install(),
+        byzantine_switch: options.byzantine_switch.then(|| Mutex::new(None)),
     });
     let (submit_tx, mut submit_rx) = mpsc::channel::<Submission>(config.ordering.submit_queue);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -281,6 +332,22 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
         submit_tx,
         stop_rx.clone(),
     ));
+    let (client_tx, mut client_rx) = service::client_events();
+    let client_task = match (client_listener, &config.service) {
+        (Some(listener), Some(service_config)) => {
+            tracing::info!(client_listen = %service_config.client_listen, "client port up");
+            Some(tokio::spawn(service::serve(
+                listener,
+                client_tx,
+                stop_rx.clone(),
+                service_config.max_connections,
+            )))
+        }
+        _ => {
+            drop(client_tx);
+            None
+        }
+    };
 
     let mut runtime = Runtime {
         network,
@@ -295,6 +362,7 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
             lagging: false,
         },
         resync_answered: BTreeMap::new(),
+        checkpoint_frames: Vec::new(),
         incarnation: recovery.incarnation,
         f: group.f,
         queue_limits,
@@ -317,11 +385,11 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
     let mut catching_up = recovery.incarnation > 1;
     let mut resync_height = replica.height();
     if catching_up {
-        runtime.send_control(RESYNC_REQUEST);
+        runtime.ask_to_catch_up(replica.height(), service.is_some());
     }
     let mut resync_tick = tokio::time::interval(RESYNC_INTERVAL);
     resync_tick.reset();
-    runtime.publish(&replica, &shared);
+    runtime.publish(&replica, &shared, service.as_ref());
 
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("cannot install the SIGTERM handler")?;
@@ -329,11 +397,15 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
     let max_batch = config.ordering.event_batch;
     loop {
         let mut events: Vec<Event<Vec<u8>>> = Vec::new();
-        let mut replies = Vec::new();
+        let mut origins: Vec<InputOrigin> = Vec::new();
         tokio::select! {
             _ = terminate.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
             _ = tokio::signal::ctrl_c() => { tracing::info!("SIGINT: shutting down"); break; }
-            _ = stats_tick.tick() => { runtime.publish(&replica, &shared); continue; }
+            _ = stats_tick.tick() => {
+                runtime.switch_byzantine(&shared, service.as_mut());
+                runtime.publish(&replica, &shared, service.as_ref());
+                continue;
+            }
             _ = resync_tick.tick() => {
                 let progressed = replica.height() > resync_height;
                 if runtime.evidence.lagging || (catching_up && progressed) {
@@ -341,7 +413,7 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                     runtime.evidence.lagging = false;
                     resync_height = replica.height();
                     tracing::info!(height = resync_height, "catching up: asking peers to re-send");
-                    runtime.send_control(RESYNC_REQUEST);
+                    runtime.ask_to_catch_up(resync_height, service.is_some());
                 } else if catching_up {
                     catching_up = false;
                     tracing::info!(height = replica.height(), "caught up");
@@ -353,9 +425,12 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                 None => bail!("the network layer stopped"),
             },
             submission = submit_rx.recv() => match submission {
-                Some(s) => { events.push(Event::Input(s.request)); replies.push(s.reply); }
+                Some(s) => { events.push(Event::Input(s.request)); origins.push(InputOrigin::Management(s.reply)); }
                 None => bail!("the management endpoint stopped"),
             },
+            Some(event) = client_rx.recv(), if service.is_some() => {
+                client_input(&mut service, event, &mut events, &mut origins);
+            }
         }
         // Take what else is ready, up to the batch size, without waiting.
         while events.len() < max_batch {
@@ -363,7 +438,9 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                 runtime.incoming(frame, &replica, &mut events);
             } else if let Ok(s) = submit_rx.try_recv() {
                 events.push(Event::Input(s.request));
-                replies.push(s.reply);
+                origins.push(InputOrigin::Management(s.reply));
+            } else if let Ok(event) = client_rx.try_recv() {
+                client_input(&mut service, event, &mut events, &mut origins);
             } else {
                 break;
             }
@@ -371,9 +448,10 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
         if events.is_empty() {
             continue;
         }
-        let outcome = tokio::task::block_in_place(|| replica.process_batch(events))
+        let mut outcome = tokio::task::block_in_place(|| replica.process_batch(events))
             .context("the replica database failed; stopping")?;
-        for (reply, result) in replies.into_iter().zip(outcome.input_results) {
+        let input_results = std::mem::take(&mut outcome.input_results);
+        for (origin, result) in origins.into_iter().zip(input_results) {
             let answer = match result {
                 Ok(()) => SubmitOutcome::Accepted,
                 Err(AtomicError::Ckps01(AbcError::QueueFull { .. }))
@@ -382,39 +460,197 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                 }
                 Err(e) => SubmitOutcome::Refused(e.to_string()),
             };
-            let _ = reply.send(answer);
+            match origin {
+                InputOrigin::Management(reply) => {
+                    let _ = reply.send(answer);
+                }
+                // A client's retry of a request already pending or just delivered is refused as
+                // a duplicate: nothing to say, its reply follows from the order. Only a full
+                // queue is worth telling the client.
+                InputOrigin::Client(admitted) => {
+                    if answer == SubmitOutcome::Busy {
+                        if let Some(service) = &service {
+                            service.busy(&admitted);
+                        }
+                    }
+                }
+            }
         }
-        for (peer, rejection) in &outcome.rejected {
-            runtime
-                .evidence
-                .record(*peer, format!("Frame/{}", rejection.label()), rejection);
+        absorb(&mut runtime, &mut service, &outcome);
+        // The newest transfer installed in the service (each must be ahead of the last).
+        let mut installed = None;
+        let mut height = replica.height();
+        for (from, frame) in std::mem::take(&mut runtime.checkpoint_frames) {
+            let Some(service) = &mut service else {
+                continue;
+            };
+            let message = match CheckpointMessage::decode(&frame) {
+                Some(Ok(message)) => message,
+                _ => {
+                    runtime
+                        .evidence
+                        .record(from, "Checkpoint/Malformed".into(), &frame.len());
+                    continue;
+                }
+            };
+            match service.checkpoint_message(from.0, message, height, catching_up) {
+                CheckpointAction::None => {}
+                CheckpointAction::Send(bytes) => runtime.raw_send(&[from], Bytes::from(bytes)),
+                CheckpointAction::Evidence(evidence) => runtime.evidence.record(
+                    from,
+                    format!("Checkpoint/{}", fault_label(&format!("{evidence:?}"))),
+                    &evidence,
+                ),
+                CheckpointAction::Install(transfer) => {
+                    height = transfer.position.height;
+                    installed = Some((from, transfer));
+                }
+            }
         }
-        for fault in &outcome.faults {
-            let debug = format!("{:?}", fault.kind);
-            runtime
-                .evidence
-                .record(fault.culprit, fault_label(&debug), &fault.kind);
-        }
-        for item in &outcome.outgoing {
-            runtime.send(item);
+        // The service state is installed; now the log and the protocol.
+        if let Some((from, transfer)) = installed {
+            let point = maftia_core::codec::encode(&transfer.resume)
+                .context("cannot encode a resume point")?;
+            let base = Base {
+                height: transfer.position.height,
+                chain: transfer.position.chain,
+                payload: transfer.encode(),
+            };
+            let skipped = tokio::task::block_in_place(|| replica.skip(point, base))
+                .context("cannot install the checkpoint in the replica database")?;
+            tracing::info!(
+                peer = from.0,
+                height = transfer.position.height,
+                round = transfer.position.round,
+                "state transfer: installed a certified checkpoint"
+            );
+            absorb(&mut runtime, &mut service, &skipped);
+            resync_height = replica.height();
+            runtime.publish(&replica, &shared, service.as_ref());
         }
         if !outcome.delivered.is_empty() {
-            metrics::counter!("maftia_delivered_requests_total").increment(
-                outcome
-                    .delivered
-                    .iter()
-                    .map(|d| d.output.requests.len() as u64)
-                    .sum(),
-            );
-            runtime.publish(&replica, &shared);
+            runtime.publish(&replica, &shared, service.as_ref());
         }
     }
     let _ = stop_tx.send(true);
     tokio::task::block_in_place(|| replica.flush()).context("flushing the replica database")?;
     let _ = management_task.await;
+    if let Some(task) = client_task {
+        let _ = task.await;
+    }
     runtime.network.shutdown().await;
     tracing::info!(height = replica.height(), "replica stopped cleanly");
     Ok(())
+}
+
+/// Hand what the protocol produced to the evidence log, the network and the service.
+fn absorb(
+    runtime: &mut Runtime,
+    service: &mut Option<Service>,
+    outcome: &BatchOutcome<ReplicaProtocol>,
+) {
+    for (peer, rejection) in &outcome.rejected {
+        runtime
+            .evidence
+            .record(*peer, format!("Frame/{}", rejection.label()), rejection);
+    }
+    for fault in &outcome.faults {
+        let debug = format!("{:?}", fault.kind);
+        runtime
+            .evidence
+            .record(fault.culprit, fault_label(&debug), &fault.kind);
+    }
+    for item in &outcome.outgoing {
+        runtime.send(item);
+    }
+    if let Some(service) = service {
+        for delivered in &outcome.delivered {
+            let shares = service.deliver(
+                delivered.output.round,
+                &delivered.output.requests,
+                delivered.height + 1,
+                delivered.chain,
+            );
+            if let Some(message) = shares {
+                runtime.send_to_all(Bytes::from(message.encode()));
+            }
+        }
+    }
+    metrics::counter!("maftia_delivered_requests_total").increment(
+        outcome
+            .delivered
+            .iter()
+            .map(|d| d.output.requests.len() as u64)
+            .sum(),
+    );
+}
+
+/// Where an input of a batch came from (to answer it once the batch is processed).
+enum InputOrigin {
+    Management(tokio::sync::oneshot::Sender<SubmitOutcome>),
+    Client(Admitted),
+}
+
+/// Admit a client request into the batch being built.
+fn client_input(
+    service: &mut Option<Service>,
+    event: ClientEvent,
+    events: &mut Vec<Event<Vec<u8>>>,
+    origins: &mut Vec<InputOrigin>,
+) {
+    let Some(service) = service else { return };
+    if let Some(mut admitted) = service.client_event(event) {
+        events.push(Event::Input(std::mem::take(&mut admitted.bytes)));
+        origins.push(InputOrigin::Client(admitted));
+    }
+}
+
+/// The replication manager of the key-value service, from the configuration and keys.
+fn build_service(
+    config: &NodeConfig,
+    service_config: &service::ServiceConfig,
+    group: &keygen::GroupPublic,
+    secret: &keygen::NodeSecret,
+    byzantine: Option<ByzantineMode>,
+) -> Result<Service> {
+    let clients = maftia_client::files::ClientListFile::load(&service_config.clients_file)
+        .with_context(|| {
+            format!(
+                "cannot load the client list {}",
+                service_config.clients_file.display()
+            )
+        })?;
+    let reply_key = secret
+        .bls
+        .get(&KeySetId::Reply)
+        .cloned()
+        .context("the secret file has no Reply key share")?;
+    let service_id = maftia_smr::request::ServiceId::new(group, &config.instance);
+
+    let manager = maftia_smr::replica::ReplicationManager::new(
+        service_id,
+        config.id,
+        reply_key.clone(),
+        maftia_smr::replica::ClientList::new(clients.keys()),
+        maftia_smr::kv::KvStore::default(),
+    )
+    .context("cannot set up the replicated service")?;
+    let reply_keys = group
+        .bls
+        .get(&KeySetId::Reply)
+        .cloned()
+        .context("the group file has no Reply key set")?;
+    let checkpointer = Checkpointer::new(
+        service_id,
+        config.id,
+        reply_key,
+        Arc::new(reply_keys),
+        config.ordering.dedup_rounds,
+        group.n.saturating_mul(config.ordering.batch_size),
+    );
+    let mut service = Service::new(manager, checkpointer, service_config);
+    service.lie_to_clients(byzantine == Some(ByzantineMode::Intruded));
+    Ok(service)
 }
 
 struct Runtime {
@@ -428,6 +664,8 @@ struct Runtime {
     instance: Vec<u8>,
     evidence: Evidence,
     resync_answered: BTreeMap<NodeId, Instant>,
+    /// Checkpoint control frames received, for the replica loop.
+    checkpoint_frames: Vec<(NodeId, Bytes)>,
     incarnation: u64,
     f: usize,
     /// Send-queue depth (frames, bytes) above which a peer link counts as congested.
@@ -442,6 +680,12 @@ impl Runtime {
         replica: &DurableReplica<ReplicaProtocol>,
         events: &mut Vec<Event<Vec<u8>>>,
     ) {
+        if frame.payload.starts_with(CHECKPOINT_MAGIC) && frame.from != self.our_id {
+            if self.checkpoint_frames.len() < MAX_CHECKPOINT_FRAMES {
+                self.checkpoint_frames.push((frame.from, frame.payload));
+            }
+            return;
+        }
         if frame.payload.starts_with(CONTROL_MAGIC) {
             if frame.payload.as_ref() == RESYNC_REQUEST && frame.from != self.our_id {
                 let now = Instant::now();
@@ -479,14 +723,44 @@ impl Runtime {
         });
     }
 
-    fn send_control(&mut self, payload: &'static [u8]) {
+    /// Apply a Byzantine mode requested through `POST /byzantine`.
+    fn switch_byzantine(&mut self, shared: &Shared, service: Option<&mut Service>) {
+        let Some(switch) = &shared.byzantine_switch else {
+            return;
+        };
+        let requested = switch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mode) = requested {
+            tracing::warn!(
+                ?mode,
+                "Byzantine mode switched through the management endpoint"
+            );
+            self.byzantine = mode;
+            if let Some(service) = service {
+                service.lie_to_clients(mode == Some(ByzantineMode::Intruded));
+            }
+        }
+    }
+
+    /// Send a control frame to every peer.
+    fn send_to_all(&mut self, payload: Bytes) {
         if self.byzantine == Some(ByzantineMode::Silent) {
             return;
         }
         let to: Vec<NodeId> = NodeId::all(self.n)
             .filter(|id| *id != self.our_id)
             .collect();
-        self.raw_send(&to, Bytes::from_static(payload));
+        self.raw_send(&to, payload);
+    }
+
+    /// Ask every peer to re-send its recent frames and, with a service, for its checkpoint.
+    fn ask_to_catch_up(&mut self, height: u64, service: bool) {
+        self.send_to_all(Bytes::from_static(RESYNC_REQUEST));
+        if service {
+            self.send_to_all(Bytes::from(CheckpointMessage::Fetch { height }.encode()));
+        }
     }
 
     fn send(&mut self, item: &Outgoing) {
@@ -527,7 +801,12 @@ impl Runtime {
     }
 
     /// Copy the replica's and the network's state into status and metrics.
-    fn publish(&mut self, replica: &DurableReplica<ReplicaProtocol>, shared: &Shared) {
+    fn publish(
+        &mut self,
+        replica: &DurableReplica<ReplicaProtocol>,
+        shared: &Shared,
+        service: Option<&Service>,
+    ) {
         let stats = self.network.stats();
         let abc = replica.protocol();
         let mut evidence: BTreeMap<NodeId, BTreeMap<String, u64>> = BTreeMap::new();
@@ -611,6 +890,7 @@ impl Runtime {
                 .map(|(peer, kinds)| (peer.0.to_string(), kinds))
                 .collect(),
             byzantine: self.byzantine.map(|m| format!("{m:?}").to_lowercase()),
+            service: service.map(Service::status),
         };
         let mut status = shared
             .status

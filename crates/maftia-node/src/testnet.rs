@@ -1,6 +1,7 @@
 //! `maftia testnet` (generate a local cluster), `maftia testnet up` (run it) and `maftia status`.
 use crate::config::{NodeConfig, OrderingConfig};
 use crate::management::{http_request, StatusSnapshot};
+use crate::service::ServiceConfig;
 use anyhow::{bail, Context, Result};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -29,7 +30,25 @@ fn free_ports(count: usize) -> Result<Vec<u16>> {
         .collect()
 }
 
-/// Generate keys and one configuration per replica in `dir`.
+/// Clients a testnet authorises (`keys/client-<i>.secret.toml`).
+pub const TESTNET_CLIENTS: usize = 8;
+/// The instance name of testnets.
+pub const TESTNET_INSTANCE: &str = "maftia-testnet";
+/// `ordering.max_request_size` of testnets: a signed request with a 64 KiB value fits.
+pub const TESTNET_MAX_REQUEST: usize = 80 * 1024;
+
+/// The secret key file of client `i` in a testnet directory.
+pub fn client_key_path(dir: &Path, i: usize) -> PathBuf {
+    dir.join("keys").join(format!("client-{i}.secret.toml"))
+}
+
+/// The cluster file clients use (`maftia kv --cluster`).
+pub fn cluster_path(dir: &Path) -> PathBuf {
+    dir.join("cluster.toml")
+}
+
+/// Generate keys, [`TESTNET_CLIENTS`] client keys with their client list, one configuration per
+/// replica (with the key-value service) and the clients' cluster file in `dir`.
 pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.exists()
         && std::fs::read_dir(dir)
@@ -43,7 +62,26 @@ pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
         );
     }
     crate::keygen::run(n, f, &dir.join("keys"))?;
-    let ports = free_ports(2 * n)?;
+    let ports = free_ports(3 * n)?;
+    let mut clients = Vec::with_capacity(TESTNET_CLIENTS);
+    for i in 0..TESTNET_CLIENTS {
+        let name = format!("client-{i}");
+        let key = maftia_client::files::ClientKeyFile::generate(&name, &mut rand::rngs::OsRng)?;
+        key.write(&client_key_path(dir, i))?;
+        clients.push(key.entry());
+    }
+    let clients_file = dir.join("keys").join("clients.toml");
+    maftia_client::files::ClientListFile::new(clients)?.write(&clients_file)?;
+    let client_ports: Vec<SocketAddr> = ports[2 * n..]
+        .iter()
+        .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
+        .collect();
+    maftia_client::files::ClusterFile::new(
+        TESTNET_INSTANCE,
+        "keys/group.toml".into(),
+        client_ports.clone(),
+    )
+    .write(&cluster_path(dir))?;
     let peers: Vec<SocketAddr> = ports[..n]
         .iter()
         .map(|p| SocketAddr::from(([127, 0, 0, 1], *p)))
@@ -58,9 +96,19 @@ pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
             peers: peers.clone(),
             data_dir: format!("data/node-{i}").into(),
             management: SocketAddr::from(([127, 0, 0, 1], ports[n + i])),
-            instance: "maftia-testnet".into(),
+            instance: TESTNET_INSTANCE.into(),
             log: "info".into(),
-            ordering: OrderingConfig::default(),
+            ordering: OrderingConfig {
+                max_request_size: TESTNET_MAX_REQUEST,
+                max_batch_bytes: OrderingConfig::default()
+                    .max_batch_bytes
+                    .max(4 * TESTNET_MAX_REQUEST),
+                ..OrderingConfig::default()
+            },
+            service: Some(ServiceConfig::new(
+                client_ports[i],
+                "keys/clients.toml".into(),
+            )),
         };
         let path = config_path(dir, i);
         let text = format!(
@@ -71,9 +119,12 @@ pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
         paths.push(path);
     }
     println!(
-        "wrote {n} replica configurations to {}; start them with `maftia testnet up --dir {}`",
+        "wrote {n} replica configurations and {TESTNET_CLIENTS} client keys to {}; start the \
+         replicas with `maftia testnet up --dir {}`, then e.g. `maftia kv --cluster {} --key {} put hello world`",
         dir.display(),
-        dir.display()
+        dir.display(),
+        cluster_path(dir).display(),
+        client_key_path(dir, 0).display()
     );
     Ok(paths)
 }

@@ -51,7 +51,7 @@ fn four_replicas_order_a_stream_of_requests_and_shut_down_cleanly() {
             .0,
         405
     );
-    let huge = vec![b'x'; 5000];
+    let huge = vec![b'x'; maftia_node::testnet::TESTNET_MAX_REQUEST + 1];
     assert_eq!(
         http(cluster.replicas[0].management, "POST", "/submit", &huge)
             .unwrap()

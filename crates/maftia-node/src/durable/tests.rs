@@ -504,3 +504,96 @@ fn replays_draw_the_same_randomness_and_self_delivery_is_immediate() {
         assert_eq!(frames, sent, "a replay drew different randomness");
     }
 }
+
+#[test]
+fn abc_deliveries_decode_back_to_their_requests() {
+    let delivery = maftia_broadcast::abc::AbcDelivery {
+        round: 7,
+        requests: vec![vec![], vec![1, 2, 3], vec![9; 300]],
+    };
+    let encoded = delivery.encode_output();
+    assert_eq!(decode_abc_delivery(&encoded), Some((7, delivery.requests)));
+    // Truncated, extended or lying about a length: refused, never a panic.
+    assert_eq!(decode_abc_delivery(&encoded[..encoded.len() - 1]), None);
+    let mut longer = encoded.clone();
+    longer.push(0);
+    assert_eq!(decode_abc_delivery(&longer), None);
+    let mut huge = encoded.clone();
+    huge[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(decode_abc_delivery(&huge), None);
+    assert_eq!(decode_abc_delivery(&[]), None);
+}
+
+impl SkipForward for RandomRelay {
+    /// A relay has no rounds: skipping only moves the delivery height.
+    fn skip_forward(
+        &mut self,
+        _point: &[u8],
+        _rng: &mut dyn RngCore,
+    ) -> Result<maftia_core::ProtocolStep<Self>, String> {
+        Ok(maftia_core::Step::new())
+    }
+}
+
+#[test]
+fn a_skip_is_logged_moves_the_height_and_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("skip.redb");
+    let relay = || RandomRelay { id: NodeId(0) };
+    assert_eq!(
+        DurableReplica::<RandomRelay>::read_base(&path).unwrap(),
+        None
+    );
+    let (mut node, _) = DurableReplica::open(&path, relay(), 3, [1; 32], options()).unwrap();
+    for i in 0..5u8 {
+        node.process_batch(vec![Event::Input(vec![i])]).unwrap();
+    }
+    assert_eq!(node.height(), 5);
+    let base = Base {
+        height: 100,
+        chain: [7; 32],
+        payload: b"certified snapshot".to_vec(),
+    };
+    let low = Base {
+        height: 3,
+        ..base.clone()
+    };
+    assert!(
+        node.skip(Vec::new(), low).is_err(),
+        "a skip backwards is refused"
+    );
+    node.skip(b"point".to_vec(), base.clone()).unwrap();
+    assert_eq!(
+        (node.height(), node.base_height(), node.chain_head()),
+        (100, 100, [7; 32])
+    );
+    let mut sent = Vec::new();
+    for i in 0..3u8 {
+        let outcome = node.process_batch(vec![Event::Input(vec![i])]).unwrap();
+        assert_eq!(outcome.delivered[0].height, 100 + u64::from(i));
+        sent.push(outcome.outgoing[0].frame.clone());
+    }
+    let chain = node.chain_head();
+    let stored = node.stored_deliveries(0, 200).unwrap();
+    let heights: Vec<u64> = stored.iter().map(|(h, _)| *h).collect();
+    assert_eq!(heights, vec![0, 1, 2, 3, 4, 100, 101, 102]);
+    drop(node);
+    // A restart replays the whole log, the skip included, and regenerates the same frames.
+    assert_eq!(
+        DurableReplica::<RandomRelay>::read_base(&path).unwrap(),
+        Some(base)
+    );
+    let (node, recovery) = DurableReplica::open(&path, relay(), 3, [1; 32], options()).unwrap();
+    assert_eq!(
+        (node.height(), node.chain_head(), node.base_height()),
+        (103, chain, 100)
+    );
+    assert_eq!(recovery.replayed_events, 9);
+    let resent: Vec<Bytes> = recovery
+        .resend
+        .into_iter()
+        .find(|(peer, _)| *peer == NodeId(1))
+        .unwrap()
+        .1;
+    assert_eq!(&resent[resent.len() - 3..], sent.as_slice());
+}
