@@ -3,10 +3,10 @@
 //! With no arguments: create a 4-replica testnet in a temporary directory (real keys, real
 //! processes, redb on disk, loopback), run a key-value workload from several clients through
 //! the client library (every reply a verified threshold certificate), and on a fixed timeline
-//! - at 20 % of the run, replica n−1 is **intruded**: restarted with the same keys and state
-//!   but Byzantine code (`--byzantine intruded`: invalid threshold shares in the protocols,
-//!   wrong results signed with its real key share towards clients);
-//! - at 50 %, it is **rejuvenated** (restarted with correct code, as proactive recovery would);
+//! - at 20 % of the run, replica n−1 is **intruded**: it switches, while running and with its
+//!   keys and state, to Byzantine behaviour (`POST /byzantine intruded`: invalid threshold shares
+//!   in the protocols, wrong results signed with its real key share towards clients);
+//! - at 50 %, the intruder's code is removed (`none`) and the replica behaves correctly again;
 //! - at 60 %, replica 1 **crashes** (SIGKILL), and at 70 % it restarts and catches up.
 //!
 //! At most `f` replicas are faulty at any time, so the service stays live throughout. At the
@@ -26,7 +26,7 @@ use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -182,6 +182,12 @@ struct Observed {
 
 /// Run the demo (a blocking call; it builds its own runtime).
 pub fn run(args: &DemoArgs) -> Result<DemoSummary> {
+    if !cfg!(feature = "byzantine-test-modes") {
+        bail!(
+            "this maftia was built without the default feature byzantine-test-modes, which the \
+             demo needs to intrude a replica; build it with default features"
+        );
+    }
     if args.clients == 0 || args.clients > testnet::TESTNET_CLIENTS {
         bail!(
             "--clients must be between 1 and {}",
@@ -266,7 +272,7 @@ async fn run_async(args: &DemoArgs) -> Result<DemoSummary> {
     }
     let summary = outcome?;
     if !summary.linearizable {
-        bail!("the history the clients observed is not linearizable");
+        bail!("the linearizability check did not pass (see the summary)");
     }
     if !summary.replicas_agree {
         bail!("the replicas did not reach the same delivery chain");
@@ -747,13 +753,4 @@ fn print_summary(
         linearizable,
         replicas_agree,
     }
-}
-
-/// The directory of a kept demo cluster (for the docs and tests).
-pub fn describe(dir: &Path) -> String {
-    format!(
-        "maftia kv --cluster {} --key {}",
-        testnet::cluster_path(dir).display(),
-        testnet::client_key_path(dir, 0).display()
-    )
 }

@@ -825,6 +825,7 @@ where
             return Ok(outcome);
         }
         // 2. Log, one fsync.
+        let persisting = crate::metrics::monotonic_nanos();
         {
             let mut txn = db(self.database.begin_write())?;
             db(txn.set_durability(Durability::Immediate))?;
@@ -838,7 +839,9 @@ where
             db(txn.commit())?;
         }
         self.next_event += valid.len() as u64;
+        crate::metrics::add_time("persistence", persisting);
         // 3. Run.
+        let ordering = crate::metrics::monotonic_nanos();
         for (event, decoded) in valid {
             match (event, decoded) {
                 (Event::Input(input), _) => {
@@ -851,8 +854,11 @@ where
                 (Event::Message { .. }, None) => {} // never built: messages carry their decoding
             }
         }
+        crate::metrics::add_time("ordering", ordering);
         // 4. Store deliveries (no fsync: a replay regenerates them).
+        let storing = crate::metrics::monotonic_nanos();
         self.store_deliveries(&outcome.delivered)?;
+        crate::metrics::add_time("persistence", storing);
         // 5. Remember and return what to send.
         let outgoing = std::mem::take(&mut outcome.outgoing);
         for item in &outgoing {

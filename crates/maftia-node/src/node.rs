@@ -60,8 +60,10 @@ pub const RESYNC_INTERVAL: Duration = Duration::from_secs(2);
 /// A peer's resync request is answered at most once per this interval (shorter than
 /// [`RESYNC_INTERVAL`], so timer jitter never makes a lagging peer wait two rounds of asking).
 pub const RESYNC_ANSWER_INTERVAL: Duration = Duration::from_millis(1500);
-/// Checkpoint frames buffered between two batches (more are dropped).
+/// Checkpoint frames, and their bytes, buffered between two batches (more are dropped; a
+/// correct peer sends a few small share frames per checkpoint and a transfer only when asked).
 const MAX_CHECKPOINT_FRAMES: usize = 1024;
+const MAX_CHECKPOINT_BYTES: usize = 64 << 20;
 /// Evidence against one peer is logged at most once per this interval.
 pub const WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// How often network statistics are copied into metrics and status.
@@ -120,12 +122,13 @@ pub fn fault_label(debug: &str) -> String {
             .find(|c: char| !c.is_ascii_alphanumeric() && c != '_')
             .unwrap_or(tail.len());
         let word = &tail[..end];
-        // Identifiers directly preceded by a letter or digit are not words of their own.
+        // Identifiers directly preceded by a letter or digit are not words of their own, and
+        // `NodeId` is a field's type, not a kind of fault.
         let preceded = rest[..start]
             .chars()
             .last()
             .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !preceded && parts.len() < 4 {
+        if !preceded && word != "NodeId" && parts.len() < 4 {
             parts.push(word);
         }
         rest = &tail[end..];
@@ -432,8 +435,11 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                 client_input(&mut service, event, &mut events, &mut origins);
             }
         }
-        // Take what else is ready, up to the batch size, without waiting.
-        while events.len() < max_batch {
+        // Take what else is ready, up to the batch size, without waiting (control frames do not
+        // become events: count every frame taken so that a flood of them cannot keep us here).
+        let mut taken = 0;
+        while events.len() < max_batch && taken < 4 * max_batch {
+            taken += 1;
             if let Ok(frame) = incoming.try_recv() {
                 runtime.incoming(frame, &replica, &mut events);
             } else if let Ok(s) = submit_rx.try_recv() {
@@ -445,7 +451,7 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                 break;
             }
         }
-        if events.is_empty() {
+        if events.is_empty() && runtime.checkpoint_frames.is_empty() {
             continue;
         }
         let mut outcome = tokio::task::block_in_place(|| replica.process_batch(events))
@@ -681,8 +687,13 @@ impl Runtime {
         events: &mut Vec<Event<Vec<u8>>>,
     ) {
         if frame.payload.starts_with(CHECKPOINT_MAGIC) && frame.from != self.our_id {
-            if self.checkpoint_frames.len() < MAX_CHECKPOINT_FRAMES {
+            let buffered: usize = self.checkpoint_frames.iter().map(|(_, f)| f.len()).sum();
+            if self.checkpoint_frames.len() < MAX_CHECKPOINT_FRAMES
+                && buffered.saturating_add(frame.payload.len()) <= MAX_CHECKPOINT_BYTES
+            {
                 self.checkpoint_frames.push((frame.from, frame.payload));
+            } else {
+                metrics::counter!("maftia_checkpoint_frames_dropped_total").increment(1);
             }
             return;
         }

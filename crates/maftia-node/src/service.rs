@@ -21,6 +21,7 @@ use crate::checkpoint::{
     CheckpointEvidence, CheckpointMessage, Checkpointer, Transfer, TransferError,
 };
 use crate::durable::{decode_abc_delivery, DurableError, DurableReplica};
+use crate::metrics;
 use crate::node::ReplicaProtocol;
 use maftia_client::wire::{self, ClientMessage, Refusal, ReplicaMessage};
 use maftia_crypto::hash::Digest;
@@ -149,10 +150,11 @@ pub struct Admitted {
 
 impl Service {
     pub fn new(
-        manager: ReplicationManager<KvStore>,
+        mut manager: ReplicationManager<KvStore>,
         checkpointer: Checkpointer,
         config: &ServiceConfig,
     ) -> Service {
+        manager.time_signing(crate::metrics::monotonic_nanos);
         Service {
             manager,
             checkpointer,
@@ -208,13 +210,22 @@ impl Service {
         chain: Digest,
     ) -> Option<CheckpointMessage> {
         for request in requests {
+            let (started, signing) = (metrics::monotonic_nanos(), self.manager.signing_nanos());
             let execution = self.manager.execute(request);
+            let signed = self.manager.signing_nanos().saturating_sub(signing);
+            // Execution is the whole call minus the signing inside it.
+            metrics::add_time("execution", started.saturating_add(signed));
+            metrics::add_nanos("certification", signed);
             if let Some(reply) = execution.reply {
                 self.reply(reply);
             }
         }
-        self.checkpointer
-            .delivered(&self.manager, round, requests, height, chain, true)
+        let started = metrics::monotonic_nanos();
+        let shares = self
+            .checkpointer
+            .delivered(&self.manager, round, requests, height, chain, true);
+        metrics::add_time("checkpoint", started);
+        shares
     }
 
     /// Verify a transfer and install its service state (the caller then rebases the log and the
@@ -297,7 +308,10 @@ impl Service {
         let refuse = |service: &Service, seq: u64, reason: Refusal| {
             service.send(conn, &ReplicaMessage::Refused { seq, reason });
         };
-        match self.manager.admit(&request) {
+        let started = metrics::monotonic_nanos();
+        let admission = self.manager.admit(&request);
+        metrics::add_time("admission", started);
+        match admission {
             Ok(Admission::Order(signed)) => {
                 self.route(signed.client, conn);
                 if !self.take_token(signed.client) {

@@ -50,6 +50,21 @@ pub fn cluster_path(dir: &Path) -> PathBuf {
 /// Generate keys, [`TESTNET_CLIENTS`] client keys with their client list, one configuration per
 /// replica (with the key-value service) and the clients' cluster file in `dir`.
 pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
+    let paths = generate(n, f, dir)?;
+    println!(
+        "wrote {n} replica configurations and {TESTNET_CLIENTS} client keys to {}; start the \
+         replicas with `maftia testnet up --dir {}`, then e.g. `maftia kv --cluster {} --key {} put hello world`",
+        dir.display(),
+        dir.display(),
+        cluster_path(dir).display(),
+        client_key_path(dir, 0).display()
+    );
+    Ok(paths)
+}
+
+/// [`create`] without the message on stdout (for `maftia bench --layer kv`, whose stdout is
+/// its table).
+pub fn generate(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
     if dir.exists()
         && std::fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -118,14 +133,6 @@ pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         paths.push(path);
     }
-    println!(
-        "wrote {n} replica configurations and {TESTNET_CLIENTS} client keys to {}; start the \
-         replicas with `maftia testnet up --dir {}`, then e.g. `maftia kv --cluster {} --key {} put hello world`",
-        dir.display(),
-        dir.display(),
-        cluster_path(dir).display(),
-        client_key_path(dir, 0).display()
-    );
     Ok(paths)
 }
 
