@@ -18,17 +18,14 @@
 //!
 //! Public files are replaced atomically (temporary file, then rename).
 use maftia_crypto::identity::{IdentityKey, IdentityPublicKey};
+use maftia_crypto::keyfile;
 use maftia_crypto::keygen::{self, GroupPublic, KeygenError, MAX_NODES};
 use rand::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::{self, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 use zeroize::Zeroizing;
 
@@ -40,8 +37,6 @@ pub const CLIENT_LIST_FORMAT: &str = "maftia-clients";
 pub const CLUSTER_FORMAT: &str = "maftia-cluster";
 /// The version of these files this build writes and reads.
 pub const FILE_VERSION: u32 = 1;
-/// Largest file read, in bytes.
-pub const MAX_FILE_SIZE: u64 = 16 << 20;
 /// Longest client name, in bytes.
 pub const MAX_NAME_LEN: usize = 64;
 /// Longest service instance name, in bytes.
@@ -60,49 +55,17 @@ pub fn client_key_file_name(name: &str) -> String {
 
 #[derive(Debug, Error)]
 pub enum FileError {
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} already exists; secret key files are never overwritten")]
-    Exists { path: PathBuf },
-    #[error("{path}: larger than the {MAX_FILE_SIZE}-byte limit")]
-    FileTooLarge { path: PathBuf },
-    #[error("{path}: not a valid file: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    /// Reading, parsing or writing the file (`maftia_crypto::keyfile`).
+    #[error(transparent)]
+    File(#[from] keyfile::FileError),
     #[error("cannot encode a file: {0}")]
     Encode(#[from] toml::ser::Error),
-    #[error("{path}: format {found:?}, expected {expected:?}")]
-    WrongFormat {
-        path: PathBuf,
-        found: String,
-        expected: &'static str,
-    },
-    #[error("{path}: version {found} is not supported (this build reads version {FILE_VERSION})")]
-    UnsupportedVersion { path: PathBuf, found: u64 },
-    #[error("{path}: no `version` field; not a maftia file of a known version")]
-    MissingVersion { path: PathBuf },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("invalid: {0}")]
     InvalidValue(String),
-    #[error(
-        "{path}: secret key file has mode {mode:03o}, readable by group or others; run `chmod 600` on it"
-    )]
-    InsecurePermissions { path: PathBuf, mode: u32 },
     #[error("group file of the cluster: {0}")]
     Group(#[from] KeygenError),
-}
-
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> FileError + '_ {
-    move |source| FileError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
 }
 
 fn invalid(path: &Path) -> impl FnOnce(String) -> FileError + '_ {
@@ -110,136 +73,6 @@ fn invalid(path: &Path) -> impl FnOnce(String) -> FileError + '_ {
         path: path.to_path_buf(),
         reason,
     }
-}
-
-/// Read a file of at most [`MAX_FILE_SIZE`] bytes; with `secret`, refuse a file whose mode lets
-/// group or others access it (checked on the opened file).
-fn read_file(path: &Path, secret: bool) -> Result<Zeroizing<String>, FileError> {
-    let file = fs::File::open(path).map_err(io_error(path))?;
-    if secret {
-        let mode = file
-            .metadata()
-            .map_err(io_error(path))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(FileError::InsecurePermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
-        }
-    }
-    let mut text = Zeroizing::new(String::new());
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_string(&mut text)
-        .map_err(io_error(path))?;
-    if text.len() as u64 > MAX_FILE_SIZE {
-        return Err(FileError::FileTooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(text)
-}
-
-/// `format` and `version`, read first so a file of another kind or version gets a clear error.
-#[derive(Deserialize)]
-struct FileHeader {
-    format: Option<String>,
-    version: Option<u64>,
-}
-
-/// Parse `text` as a file of format `expected`, checking the header first.
-fn parse<T: for<'de> Deserialize<'de>>(
-    path: &Path,
-    text: &str,
-    expected: &'static str,
-) -> Result<T, FileError> {
-    let parse_error = |source| FileError::Parse {
-        path: path.to_path_buf(),
-        source,
-    };
-    let header: FileHeader = toml::from_str(text).map_err(parse_error)?;
-    let found = header.format.unwrap_or_default();
-    if found != expected {
-        return Err(FileError::WrongFormat {
-            path: path.to_path_buf(),
-            found,
-            expected,
-        });
-    }
-    match header.version {
-        Some(v) if v == u64::from(FILE_VERSION) => {}
-        Some(found) => {
-            return Err(FileError::UnsupportedVersion {
-                path: path.to_path_buf(),
-                found,
-            })
-        }
-        None => {
-            return Err(FileError::MissingVersion {
-                path: path.to_path_buf(),
-            })
-        }
-    }
-    toml::from_str(text).map_err(parse_error)
-}
-
-/// A fresh temporary path next to `path` (same directory, so a rename or link is atomic).
-fn temporary_path(path: &Path) -> PathBuf {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let unique = COUNTER.fetch_add(1, Ordering::Relaxed);
-    path.with_file_name(format!(".{name}.tmp-{}-{unique}", std::process::id()))
-}
-
-/// Write `contents` to a new temporary file of mode `mode` next to `path`, synced.
-fn write_temporary(path: &Path, contents: &str, mode: u32) -> Result<PathBuf, FileError> {
-    let tmp = temporary_path(path);
-    let written = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()
-        });
-    match written {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            // Best effort: do not leave a partial temporary file behind.
-            let _ = fs::remove_file(&tmp);
-            Err(io_error(path)(e))
-        }
-    }
-}
-
-/// Atomically create `path` with `contents` and mode `0600`; never replaces an existing file.
-fn write_secret_file(path: &Path, contents: &str) -> Result<(), FileError> {
-    let tmp = write_temporary(path, contents, 0o600)?;
-    // A hard link appears atomically and fails if `path` exists.
-    let linked = fs::hard_link(&tmp, path);
-    let _ = fs::remove_file(&tmp);
-    match linked {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(FileError::Exists {
-            path: path.to_path_buf(),
-        }),
-        Err(e) => Err(io_error(path)(e)),
-    }
-}
-
-/// Atomically create or replace `path` with `contents` (mode `0644`).
-fn write_public_file(path: &Path, contents: &str) -> Result<(), FileError> {
-    let tmp = write_temporary(path, contents, 0o644)?;
-    fs::rename(&tmp, path).map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        io_error(path)(e)
-    })
 }
 
 /// A client name: 1..=[`MAX_NAME_LEN`] ASCII letters, digits, `-`, `_` or `.`, not starting
@@ -311,13 +144,13 @@ impl ClientKeyFile {
     pub fn write(&self, path: &Path) -> Result<(), FileError> {
         check_client_name(&self.name).map_err(invalid(path))?;
         let text = Zeroizing::new(toml::to_string(self)?);
-        write_secret_file(path, &text)
+        Ok(keyfile::write_secret(path, &text)?)
     }
 
     /// Load a key file: the client's name and key. Refuses a file readable by group or others.
     pub fn load(path: &Path) -> Result<(String, IdentityKey), FileError> {
-        let text = read_file(path, true)?;
-        let file: ClientKeyFile = parse(path, &text, CLIENT_KEY_FORMAT)?;
+        let text = keyfile::read(path, true)?;
+        let file: ClientKeyFile = keyfile::parse(path, &text, CLIENT_KEY_FORMAT, FILE_VERSION.into())?;
         check_client_name(&file.name).map_err(invalid(path))?;
         Ok((file.name.clone(), file.secret.clone()))
     }
@@ -406,8 +239,8 @@ impl ClientListFile {
 
     /// Load and validate a client list.
     pub fn load(path: &Path) -> Result<ClientListFile, FileError> {
-        let text = read_file(path, false)?;
-        let list: ClientListFile = parse(path, &text, CLIENT_LIST_FORMAT)?;
+        let text = keyfile::read(path, false)?;
+        let list: ClientListFile = keyfile::parse(path, &text, CLIENT_LIST_FORMAT, FILE_VERSION.into())?;
         list.validate().map_err(invalid(path))?;
         Ok(list)
     }
@@ -415,7 +248,7 @@ impl ClientListFile {
     /// Create or atomically replace `path`.
     pub fn write(&self, path: &Path) -> Result<(), FileError> {
         self.validate().map_err(invalid(path))?;
-        write_public_file(path, &toml::to_string(self)?)
+        Ok(keyfile::write_public(path, &toml::to_string(self)?)?)
     }
 }
 
@@ -477,8 +310,8 @@ impl ClusterFile {
     /// Load and validate a cluster file (the group file is not read; see
     /// [`ClusterFile::load_group`]).
     pub fn load(path: &Path) -> Result<ClusterFile, FileError> {
-        let text = read_file(path, false)?;
-        let cluster: ClusterFile = parse(path, &text, CLUSTER_FORMAT)?;
+        let text = keyfile::read(path, false)?;
+        let cluster: ClusterFile = keyfile::parse(path, &text, CLUSTER_FORMAT, FILE_VERSION.into())?;
         cluster.validate().map_err(invalid(path))?;
         Ok(cluster)
     }
@@ -486,7 +319,7 @@ impl ClusterFile {
     /// Create or atomically replace `path`.
     pub fn write(&self, path: &Path) -> Result<(), FileError> {
         self.validate().map_err(invalid(path))?;
-        write_public_file(path, &toml::to_string(self)?)
+        Ok(keyfile::write_public(path, &toml::to_string(self)?)?)
     }
 
     /// Where the group file is, for a cluster file loaded from `cluster_path`.
@@ -517,6 +350,8 @@ impl ClusterFile {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
@@ -551,7 +386,7 @@ mod tests {
         assert_eq!(*loaded.to_bytes(), *key.secret.to_bytes());
         // Never overwritten, and no temporary file left behind.
         let other = ClientKeyFile::generate("alice", &mut rng(2)).unwrap();
-        assert!(matches!(other.write(&path), Err(FileError::Exists { .. })));
+        assert!(matches!(other.write(&path), Err(FileError::File(keyfile::FileError::Exists { .. }))));
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
         // Debug hides the secret.
@@ -572,7 +407,7 @@ mod tests {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let err = ClientKeyFile::load(&path).unwrap_err();
             assert!(
-                matches!(err, FileError::InsecurePermissions { mode: m, .. } if m == mode),
+                matches!(err, FileError::File(keyfile::FileError::InsecurePermissions { mode: m, .. }) if m == mode),
                 "{err}"
             );
             assert!(err.to_string().contains(&path.display().to_string()));
@@ -581,19 +416,19 @@ mod tests {
         edit(&path, "version = 1", "version = 9");
         let err = ClientKeyFile::load(&path).unwrap_err();
         assert!(
-            matches!(err, FileError::UnsupportedVersion { found: 9, .. }),
+            matches!(err, FileError::File(keyfile::FileError::UnsupportedVersion { found: 9, .. })),
             "{err}"
         );
         edit(&path, "version = 9", "version = 1\nextra = 3");
         assert!(matches!(
             ClientKeyFile::load(&path),
-            Err(FileError::Parse { .. })
+            Err(FileError::File(keyfile::FileError::Parse { .. }))
         ));
         edit(&path, "\nextra = 3", "");
         edit(&path, "maftia-client-key", "maftia-clients");
         assert!(matches!(
             ClientKeyFile::load(&path),
-            Err(FileError::WrongFormat { .. })
+            Err(FileError::File(keyfile::FileError::WrongFormat { .. }))
         ));
         edit(&path, "maftia-clients", "maftia-client-key");
         edit(&path, "name = \"bob\"", "name = \"../bob\"");
@@ -603,7 +438,7 @@ mod tests {
         ));
         assert!(matches!(
             ClientKeyFile::load(&tmp.path().join("missing")),
-            Err(FileError::Io { .. })
+            Err(FileError::File(keyfile::FileError::Io { .. }))
         ));
         for name in ["", ".hidden", "a/b", "with space", &"x".repeat(65)] {
             assert!(
@@ -657,7 +492,7 @@ mod tests {
         );
         assert!(matches!(
             ClientListFile::load(&path),
-            Err(FileError::Parse { .. })
+            Err(FileError::File(keyfile::FileError::Parse { .. }))
         ));
     }
 
@@ -706,18 +541,18 @@ mod tests {
         edit(&path, "keys/group.toml", "nowhere/group.toml");
         assert!(matches!(
             ClusterFile::load(&path).unwrap().load_group(&path),
-            Err(FileError::Group(KeygenError::Io { .. }))
+            Err(FileError::Group(KeygenError::File(keyfile::FileError::Io { .. })))
         ));
         // An address that does not parse.
         edit(&path, "127.0.0.1:7201", "not-an-address");
         assert!(matches!(
             ClusterFile::load(&path),
-            Err(FileError::Parse { .. })
+            Err(FileError::File(keyfile::FileError::Parse { .. }))
         ));
         fs::write(&path, "format = \"maftia-cluster\"\n").unwrap();
         assert!(matches!(
             ClusterFile::load(&path),
-            Err(FileError::MissingVersion { .. })
+            Err(FileError::File(keyfile::FileError::MissingVersion { .. }))
         ));
     }
 }

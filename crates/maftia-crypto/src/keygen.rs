@@ -11,9 +11,10 @@
 //! distributed key generation replaces it later (DESIGN.md, "Crypto choices").
 //!
 //! **Files.** Self-describing, versioned TOML: `group.toml` and `node-<i>.secret.toml`, each
-//! starting with `format` and `version` fields. [`write_files`] never overwrites anything (the
-//! directory must be new or empty, every file is created with `O_EXCL`) and creates every file
-//! with mode `0600` from the start. [`load_group`] and [`load_secret`] check the format and
+//! starting with `format` and `version` fields, read and written through [`crate::keyfile`].
+//! [`write_files`] never overwrites anything (the directory must be new or empty) and creates
+//! every secret file with mode `0600` from the start; the group file is public (`0644`).
+//! [`load_group`] and [`load_secret`] check the format and
 //! version first, then validate every key (a BLS key set's shares lie on one polynomial through
 //! its public key, the TDH2 verification keys likewise, one distinct identity per node);
 //! [`load_secret`] refuses a secret file readable by group or others, as ssh does.
@@ -30,9 +31,10 @@ use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::fs::{self, DirBuilder, OpenOptions};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use crate::keyfile::{self, io_error, FileError};
+use std::fs::{self, DirBuilder};
+use std::io::ErrorKind;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 use zeroize::Zeroizing;
@@ -45,8 +47,6 @@ pub const SECRET_FORMAT: &str = "maftia-node-secret";
 pub const FORMAT_VERSION: u32 = 1;
 /// Largest group the dealer serves.
 pub const MAX_NODES: usize = 1024;
-/// Largest key file read, in bytes (a group file for 1024 nodes is about 1 MiB).
-pub const MAX_KEY_FILE_SIZE: u64 = 16 << 20;
 /// Name of the group file inside a key directory.
 pub const GROUP_FILE: &str = "group.toml";
 
@@ -71,40 +71,14 @@ pub enum KeygenError {
     DirectoryNotEmpty(PathBuf),
     #[error("{0} exists and is not a directory")]
     NotADirectory(PathBuf),
-    #[error("{path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: larger than the {MAX_KEY_FILE_SIZE}-byte limit for key files")]
-    FileTooLarge { path: PathBuf },
-    #[error("{path}: not a valid key file: {source}")]
-    Parse {
-        path: PathBuf,
-        source: toml::de::Error,
-    },
+    #[error(transparent)]
+    File(#[from] FileError),
     #[error("cannot encode a key file: {0}")]
     Encode(#[from] toml::ser::Error),
-    #[error("{path}: format {found:?}, expected {expected:?}")]
-    WrongFormat {
-        path: PathBuf,
-        found: String,
-        expected: &'static str,
-    },
-    #[error(
-        "{path}: key file version {found} is not supported (this build reads version {FORMAT_VERSION})"
-    )]
-    UnsupportedVersion { path: PathBuf, found: u64 },
-    #[error("{path}: no `version` field; not a maftia key file of a known version")]
-    MissingVersion { path: PathBuf },
     #[error("invalid keys: {0}")]
     Invalid(String),
     #[error("{path}: invalid keys: {reason}")]
     InvalidFile { path: PathBuf, reason: String },
-    #[error(
-        "{path}: secret key file has mode {mode:03o}, readable by group or others; run `chmod 600` on it"
-    )]
-    InsecurePermissions { path: PathBuf, mode: u32 },
     #[error("secret of node {index} does not match the group: {reason}")]
     Mismatch { index: usize, reason: String },
 }
@@ -371,18 +345,13 @@ pub fn deal_group<R: RngCore + CryptoRng>(
     Ok((group, secrets))
 }
 
-fn io_error(path: &Path) -> impl FnOnce(std::io::Error) -> KeygenError + '_ {
-    move |source| KeygenError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
 
 /// Write `group.toml` and `node-<i>.secret.toml` for every node into `dir`.
 ///
 /// `dir` is created (mode `0700`) if missing; if it exists it must be an empty directory
-/// ([`KeygenError::DirectoryNotEmpty`] otherwise). Every file is created new (never
-/// overwritten) with mode `0600` from the start. Everything is encoded before the first file is
+/// ([`KeygenError::DirectoryNotEmpty`] otherwise). Every secret file is created new (never
+/// overwritten) with mode `0600` from the start, the group file with mode `0644`. Everything is
+/// encoded before the first file is
 /// created, so an encoding error leaves nothing behind.
 pub fn write_files(
     dir: &Path,
@@ -398,17 +367,19 @@ pub fn write_files(
     let mut files = vec![(
         PathBuf::from(GROUP_FILE),
         Zeroizing::new(toml::to_string(group)?),
+        false,
     )];
     for secret in secrets {
         files.push((
             PathBuf::from(secret_file_name(secret.index)),
             Zeroizing::new(toml::to_string(secret)?),
+            true,
         ));
     }
     match fs::metadata(dir) {
         Ok(meta) if !meta.is_dir() => return Err(KeygenError::NotADirectory(dir.to_path_buf())),
         Ok(_) => {
-            let mut entries = fs::read_dir(dir).map_err(io_error(dir))?;
+            let mut entries = fs::read_dir(dir).map_err(|e| KeygenError::from(io_error(dir)(e)))?;
             if entries.next().is_some() {
                 return Err(KeygenError::DirectoryNotEmpty(dir.to_path_buf()));
             }
@@ -417,87 +388,18 @@ pub fn write_files(
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(io_error(dir))?,
-        Err(e) => return Err(io_error(dir)(e)),
+            .map_err(|e| KeygenError::from(io_error(dir)(e)))?,
+        Err(e) => return Err(io_error(dir)(e).into()),
     }
-    for (name, contents) in files {
+    for (name, contents, secret) in files {
         let path = dir.join(name);
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&path)
-            .map_err(io_error(&path))?;
-        file.write_all(contents.as_bytes())
-            .and_then(|()| file.sync_all())
-            .map_err(io_error(&path))?;
-    }
-    Ok(())
-}
-
-/// Read a key file of at most [`MAX_KEY_FILE_SIZE`] bytes. With `secret`, refuse a file whose
-/// mode lets group or others access it — checked on the opened file, so the file checked is the
-/// file read.
-fn read_key_file(path: &Path, secret: bool) -> Result<Zeroizing<String>, KeygenError> {
-    let file = fs::File::open(path).map_err(io_error(path))?;
-    if secret {
-        let mode = file
-            .metadata()
-            .map_err(io_error(path))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            return Err(KeygenError::InsecurePermissions {
-                path: path.to_path_buf(),
-                mode,
-            });
+        if secret {
+            keyfile::write_secret(&path, &contents)?;
+        } else {
+            keyfile::write_public(&path, &contents)?;
         }
     }
-    let mut text = Zeroizing::new(String::new());
-    file.take(MAX_KEY_FILE_SIZE + 1)
-        .read_to_string(&mut text)
-        .map_err(io_error(path))?;
-    if text.len() as u64 > MAX_KEY_FILE_SIZE {
-        return Err(KeygenError::FileTooLarge {
-            path: path.to_path_buf(),
-        });
-    }
-    Ok(text)
-}
-
-/// The fields every key file starts with, read before anything else so that a file of another
-/// kind or version gets a clear error rather than a schema mismatch.
-#[derive(Deserialize)]
-struct FileHeader {
-    format: Option<String>,
-    version: Option<u64>,
-}
-
-fn check_header(path: &Path, text: &str, expected: &'static str) -> Result<(), KeygenError> {
-    let parse_error = |source| KeygenError::Parse {
-        path: path.to_path_buf(),
-        source,
-    };
-    let header: FileHeader = toml::from_str(text).map_err(parse_error)?;
-    let found = header.format.unwrap_or_default();
-    if found != expected {
-        return Err(KeygenError::WrongFormat {
-            path: path.to_path_buf(),
-            found,
-            expected,
-        });
-    }
-    match header.version {
-        Some(v) if v == u64::from(FORMAT_VERSION) => Ok(()),
-        Some(found) => Err(KeygenError::UnsupportedVersion {
-            path: path.to_path_buf(),
-            found,
-        }),
-        None => Err(KeygenError::MissingVersion {
-            path: path.to_path_buf(),
-        }),
-    }
+    Ok(())
 }
 
 fn in_file(path: &Path) -> impl FnOnce(KeygenError) -> KeygenError + '_ {
@@ -515,12 +417,8 @@ fn in_file(path: &Path) -> impl FnOnce(KeygenError) -> KeygenError + '_ {
 
 /// Load and fully validate a group file.
 pub fn load_group(path: &Path) -> Result<GroupPublic, KeygenError> {
-    let text = read_key_file(path, false)?;
-    check_header(path, &text, GROUP_FORMAT)?;
-    let group: GroupPublic = toml::from_str(&text).map_err(|source| KeygenError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = keyfile::read(path, false)?;
+    let group: GroupPublic = keyfile::parse(path, &text, GROUP_FORMAT, FORMAT_VERSION.into())?;
     // Deserializing every BlsPublicKeySet already ran its full validation.
     group.check(false).map_err(in_file(path))?;
     Ok(group)
@@ -530,12 +428,8 @@ pub fn load_group(path: &Path) -> Result<GroupPublic, KeygenError> {
 /// or others access it. Check it against the group with [`NodeSecret::check_against`] (or use
 /// [`load_node`]).
 pub fn load_secret(path: &Path) -> Result<NodeSecret, KeygenError> {
-    let text = read_key_file(path, true)?;
-    check_header(path, &text, SECRET_FORMAT)?;
-    let secret: NodeSecret = toml::from_str(&text).map_err(|source| KeygenError::Parse {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = keyfile::read(path, true)?;
+    let secret: NodeSecret = keyfile::parse(path, &text, SECRET_FORMAT, FORMAT_VERSION.into())?;
     secret.validate().map_err(in_file(path))?;
     Ok(secret)
 }
@@ -554,6 +448,7 @@ pub fn load_node(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
     use crate::threshold::ThresholdSigner;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
@@ -648,10 +543,11 @@ mod tests {
     }
 
     #[test]
-    fn files_are_created_with_mode_0600_and_dir_0700() {
+    fn secrets_are_created_with_mode_0600_and_dir_0700() {
         let (_tmp, dir, _, _) = dealt_dir(3);
         assert_eq!(mode_of(&dir), 0o700);
-        assert_eq!(mode_of(&dir.join(GROUP_FILE)), 0o600);
+        // The group file is public (0644 less the umask), never writable by others.
+        assert_eq!(mode_of(&dir.join(GROUP_FILE)) & 0o622, 0o600);
         for i in 0..4 {
             assert_eq!(mode_of(&dir.join(secret_file_name(i))), 0o600);
         }
@@ -737,7 +633,7 @@ mod tests {
         edit(&group_path, "version = 1", "version = 2");
         let err = load_group(&group_path).unwrap_err();
         assert!(
-            matches!(err, KeygenError::UnsupportedVersion { found: 2, .. }),
+            matches!(err, KeygenError::File(FileError::UnsupportedVersion { found: 2, .. })),
             "{err}"
         );
         assert!(err.to_string().contains("version 2"), "{err}");
@@ -748,7 +644,7 @@ mod tests {
         edit(&group_path, "version = 2\n", "");
         assert!(matches!(
             load_group(&group_path),
-            Err(KeygenError::MissingVersion { .. })
+            Err(KeygenError::File(FileError::MissingVersion { .. }))
         ));
 
         let secret_path = dir.join(secret_file_name(1));
@@ -759,7 +655,7 @@ mod tests {
         );
         let err = load_secret(&secret_path).unwrap_err();
         assert!(
-            matches!(&err, KeygenError::WrongFormat { found, expected, .. }
+            matches!(&err, KeygenError::File(FileError::WrongFormat { found, expected, .. })
                 if found == GROUP_FORMAT && *expected == SECRET_FORMAT),
             "{err}"
         );
@@ -767,17 +663,17 @@ mod tests {
         let secret0 = dir.join(secret_file_name(0));
         assert!(matches!(
             load_group(&secret0),
-            Err(KeygenError::WrongFormat { .. })
+            Err(KeygenError::File(FileError::WrongFormat { .. }))
         ));
         // Garbage.
         fs::write(&group_path, "this is [not toml").unwrap();
         assert!(matches!(
             load_group(&group_path),
-            Err(KeygenError::Parse { .. })
+            Err(KeygenError::File(FileError::Parse { .. }))
         ));
         assert!(matches!(
             load_group(&dir.join("missing.toml")),
-            Err(KeygenError::Io { .. })
+            Err(KeygenError::File(FileError::Io { .. }))
         ));
     }
 
@@ -794,7 +690,7 @@ mod tests {
         edit(&group_path, &share1, &share2);
         assert!(matches!(
             load_group(&group_path),
-            Err(KeygenError::Parse { .. })
+            Err(KeygenError::File(FileError::Parse { .. }))
         ));
         // A TDH2 verification key replaced: the TDH2 consistency check fails.
         fs::write(&group_path, &original).unwrap();
@@ -888,7 +784,7 @@ mod tests {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
             let err = load_secret(&path).unwrap_err();
             assert!(
-                matches!(err, KeygenError::InsecurePermissions { mode: m, .. } if m == mode),
+                matches!(err, KeygenError::File(FileError::InsecurePermissions { mode: m, .. }) if m == mode),
                 "{err}"
             );
         }
@@ -901,10 +797,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let path = tmp.path().join(GROUP_FILE);
         let file = fs::File::create(&path).unwrap();
-        file.set_len(MAX_KEY_FILE_SIZE + 1).unwrap();
+        file.set_len(keyfile::MAX_FILE_SIZE + 1).unwrap();
         assert!(matches!(
             load_group(&path),
-            Err(KeygenError::FileTooLarge { path: p }) if p == path
+            Err(KeygenError::File(FileError::TooLarge { path: p })) if p == path
         ));
     }
 

@@ -25,6 +25,7 @@ pub mod bls;
 pub mod coin;
 pub mod hash;
 pub mod identity;
+pub mod keyfile;
 pub mod keygen;
 pub mod shamir;
 pub mod tdh2;
