@@ -23,8 +23,18 @@
 //! asked), so those layers are not run twice. Built without the feature, `--compare hbbft` is
 //! refused before anything runs with the command that builds it.
 //!
+//! `--layer kv` is different: it runs the replicated key-value service end to end on a loopback
+//! cluster of real replica processes, closed and open loop, for every `--n` × `--value-size`
+//! (see [`crate::bench_kv`]); its rows go to the `kv` section of `results.json`, to `kv.csv`
+//! and to a second table on stdout.
+//!
+//! `--layer crypto` times every cryptographic operation the protocols use on its own, per `--n`
+//! (see [`crate::bench_crypto`]): a third table on stdout, `crypto.csv`, and the `crypto` section
+//! of `results.json`.
+//!
 //! Charts are drawn with `plotters` (SVG backend and line/point series only, no fonts or
 //! bitmaps: three small crates), not by hand.
+use crate::bench_kv::{self, KvFailure, KvMode, KvRecord, KvSpec};
 use clap::{Args, ValueEnum};
 use maftia_bench::{RunReport, RunSpec, Workload};
 use maftia_broadcast::abc::AbcParams;
@@ -57,9 +67,46 @@ const PROPOSAL_LIMIT: usize = MAX_MESSAGE_SIZE / 2;
 pub const COMPARE_BUILD_HINT: &str =
     "cargo run --release --features compare-hbbft -- bench --compare hbbft";
 
-/// A layer by name: a workload's [`Workload::name`] (`abc`, `scabc`, ...) or that name without
-/// its `abc` suffix (`sc`, `ht` for `htabc`).
-pub fn parse_layer(name: &str) -> Result<Workload, String> {
+/// What `--layer` names: a workload of the in-process harness, or the key-value service end
+/// to end on a loopback cluster ([`crate::bench_kv`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layer {
+    Harness(Workload),
+    Kv,
+    /// Every cryptographic operation on its own ([`crate::bench_crypto`]).
+    Crypto,
+}
+
+impl Layer {
+    /// The harness workload, if this is one.
+    pub fn workload(self) -> Option<Workload> {
+        match self {
+            Layer::Harness(workload) => Some(workload),
+            Layer::Kv | Layer::Crypto => None,
+        }
+    }
+}
+
+/// A harness layer serializes as its workload did before `kv` existed; `kv` as `"Kv"`.
+impl Serialize for Layer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Layer::Harness(workload) => workload.serialize(serializer),
+            Layer::Kv => serializer.serialize_str("Kv"),
+            Layer::Crypto => serializer.serialize_str("Crypto"),
+        }
+    }
+}
+
+/// A layer by name: `kv`, a workload's [`Workload::name`] (`abc`, `scabc`, ...) or that name
+/// without its `abc` suffix (`sc`, `ht` for `htabc`).
+pub fn parse_layer(name: &str) -> Result<Layer, String> {
+    if name == "kv" {
+        return Ok(Layer::Kv);
+    }
+    if name == "crypto" {
+        return Ok(Layer::Crypto);
+    }
     LAYERS
         .iter()
         .copied()
@@ -69,6 +116,7 @@ pub fn parse_layer(name: &str) -> Result<Workload, String> {
                     .strip_suffix("abc")
                     .is_some_and(|short| !short.is_empty() && short == name)
         })
+        .map(Layer::Harness)
         .ok_or_else(|| format!("unknown layer `{name}`; available: {}", layer_names()))
 }
 
@@ -77,6 +125,7 @@ pub fn layer_names() -> String {
     LAYERS
         .iter()
         .map(Workload::name)
+        .chain(["kv", "crypto"])
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -93,9 +142,10 @@ pub enum Peer {
 #[derive(Args, Clone, Debug, Serialize)]
 pub struct BenchArgs {
     /// Layers to run, comma-separated: workloads of the in-process harness (abc, scabc, ...; an
-    /// unknown name lists the available ones).
+    /// unknown name lists the available ones), `kv`: the key-value service end to end on a
+    /// loopback cluster of real replica processes, or `crypto`: each cryptographic operation.
     #[arg(long = "layer", value_delimiter = ',', default_value = "abc", value_parser = parse_layer)]
-    pub layers: Vec<Workload>,
+    pub layers: Vec<Layer>,
     /// Group sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "4")]
     pub n: Vec<usize>,
@@ -127,6 +177,29 @@ pub struct BenchArgs {
     /// `compare-hbbft` cargo feature).
     #[arg(long)]
     pub compare: Option<Peer>,
+    /// kv: bytes per value written, comma-separated.
+    #[arg(long = "value-size", value_delimiter = ',', default_value = "128")]
+    pub value_sizes: Vec<usize>,
+    /// kv: concurrent clients, each with its own key (at most 8).
+    #[arg(long, default_value_t = 8)]
+    pub clients: usize,
+    /// kv: seconds measured per configuration.
+    #[arg(long, default_value_t = 15)]
+    pub duration: u64,
+    /// kv: seconds of load before the measured window.
+    #[arg(long, default_value_t = 3)]
+    pub kv_warmup: u64,
+    /// kv: load modes, comma-separated (closed: one outstanding request per client; open: a
+    /// fixed rate, latency from the scheduled send time).
+    #[arg(long = "kv-mode", value_delimiter = ',', default_value = "closed,open")]
+    pub kv_modes: Vec<KvMode>,
+    /// kv: the open loop's total rate, requests/s (default: 70 % of the closed loop's
+    /// throughput at the same n and value size).
+    #[arg(long)]
+    pub open_loop_rate: Option<f64>,
+    /// kv: distinct keys the workload uses.
+    #[arg(long, default_value_t = 256)]
+    pub kv_keys: usize,
 }
 
 #[derive(Debug, Error)]
@@ -160,12 +233,14 @@ pub struct Plan {
     pub comparisons: Vec<RunSpec>,
     /// Whether the comparisons include maftia's SC-ABC row.
     pub compare_scabc: bool,
+    /// Key-value configurations (`--layer kv`), in order.
+    pub kv: Vec<KvSpec>,
 }
 
 impl Plan {
-    /// Progress steps: one per run and one per comparison.
+    /// Progress steps: one per run, comparison and key-value configuration.
     pub fn steps(&self) -> usize {
-        self.runs.len() + self.comparisons.len()
+        self.runs.len() + self.comparisons.len() + self.kv.len()
     }
 }
 
@@ -188,9 +263,9 @@ pub fn plan(args: &BenchArgs) -> Result<Plan, BenchCliError> {
         pending_target: 0,
     };
     let mut layers: Vec<Workload> = Vec::new();
-    for layer in &args.layers {
-        if !layers.contains(layer) {
-            layers.push(*layer);
+    for layer in args.layers.iter().filter_map(|l| l.workload()) {
+        if !layers.contains(&layer) {
+            layers.push(layer);
         }
     }
     let compared =
@@ -225,10 +300,33 @@ pub fn plan(args: &BenchArgs) -> Result<Plan, BenchCliError> {
             })?;
         }
     }
+    let kv = if args.layers.contains(&Layer::Kv) {
+        if args.value_sizes.is_empty() || args.kv_modes.is_empty() {
+            return invalid("kv: give at least one --value-size and --kv-mode".into());
+        }
+        bench_kv::specs(
+            &args.n,
+            args.f,
+            &args.value_sizes,
+            &args.kv_modes,
+            args.clients,
+            args.open_loop_rate,
+            args.kv_warmup,
+            args.duration,
+            args.kv_keys,
+            args.seed,
+        )
+    } else {
+        Vec::new()
+    };
+    for spec in &kv {
+        bench_kv::check(spec).map_err(BenchCliError::InvalidSpec)?;
+    }
     Ok(Plan {
         runs,
         comparisons,
         compare_scabc,
+        kv,
     })
 }
 
@@ -382,6 +480,11 @@ pub struct BenchResults {
     pub runs: Vec<RunRecord>,
     pub comparisons: Vec<ComparisonRecord>,
     pub failures: Vec<RunFailure>,
+    /// `--layer kv`: the key-value service end to end.
+    pub kv: Vec<KvRecord>,
+    pub kv_failures: Vec<KvFailure>,
+    /// `--layer crypto`: every cryptographic operation on its own, per n.
+    pub crypto: Vec<crate::bench_crypto::CryptoRecord>,
 }
 
 /// `debug` when this binary was built with debug assertions (the dev profile: the workspace's
@@ -463,6 +566,9 @@ pub fn run(args: &BenchArgs) -> Result<BenchResults, BenchCliError> {
         runs: Vec::new(),
         comparisons: Vec::new(),
         failures: Vec::new(),
+        kv: Vec::new(),
+        kv_failures: Vec::new(),
+        crypto: Vec::new(),
     };
     if build_profile() == "debug" {
         eprintln!(
@@ -475,6 +581,10 @@ pub fn run(args: &BenchArgs) -> Result<BenchResults, BenchCliError> {
         done: 0,
         started: Instant::now(),
     };
+    if args.layers.contains(&Layer::Crypto) {
+        results.crypto = crate::bench_crypto::run(&args.n, args.f, args.seed, &args.out)
+            .map_err(|e| BenchCliError::InvalidSpec(format!("crypto layer: {e:#}")))?;
+    }
     for spec in &plan.runs {
         let system = format!("maftia {}", spec.workload.name());
         let step = progress.begin(&format!("{system} {}", describe(spec)));
@@ -513,12 +623,44 @@ pub fn run(args: &BenchArgs) -> Result<BenchResults, BenchCliError> {
         let outcome = compare_with_hbbft(spec, plan.compare_scabc, &mut results);
         progress.end(step, &outcome);
     }
+    for spec in &plan.kv {
+        // The open loop may take its rate from the closed loop just measured.
+        let resolved = bench_kv::resolve_rate(spec, &results.kv);
+        let spec = resolved.as_ref().unwrap_or(spec).clone();
+        let system = bench_kv::system(&spec);
+        let step = progress.begin(&format!("{system} {}", bench_kv::describe(&spec)));
+        let outcome = resolved.and_then(|_| bench_kv::run(&spec).map_err(|e| format!("{e:#}")));
+        match outcome {
+            Ok(record) => {
+                progress.end(
+                    step,
+                    &format!(
+                        "{:.0} requests/s, p50 {:.1} ms, p99 {:.1} ms",
+                        record.requests_per_sec, record.latency.p50_ms, record.latency.p99_ms
+                    ),
+                );
+                results.kv.push(record);
+            }
+            Err(error) => {
+                progress.end(step, &format!("FAILED: {error}"));
+                results.kv_failures.push(KvFailure {
+                    system,
+                    reproduce: bench_kv::reproduce_command(&spec),
+                    spec,
+                    error,
+                });
+            }
+        }
+    }
     print!("{}", table(&results));
+    if !plan.kv.is_empty() {
+        print!("\n{}", bench_kv::table(&results.kv, &results.kv_failures));
+    }
     let written = write_outputs(&args.out, &results)?;
     for path in written {
         eprintln!("wrote {}", path.display());
     }
-    let failed = results.failures.len();
+    let failed = results.failures.len() + results.kv_failures.len();
     if failed > 0 {
         return Err(BenchCliError::RunsFailed {
             failed,
@@ -887,7 +1029,7 @@ pub fn write_outputs(dir: &Path, results: &BenchResults) -> Result<Vec<PathBuf>,
         path: dir.to_path_buf(),
         source,
     })?;
-    let files = [
+    let mut files = vec![
         (
             "results.json",
             serde_json::to_string_pretty(results)? + "\n",
@@ -899,6 +1041,9 @@ pub fn write_outputs(dir: &Path, results: &BenchResults) -> Result<Vec<PathBuf>,
         ),
         ("throughput_vs_n.svg", throughput_vs_n_svg(&results.runs)?),
     ];
+    if !results.kv.is_empty() || !results.kv_failures.is_empty() {
+        files.push(("kv.csv", bench_kv::csv(&results.kv)));
+    }
     let mut written = Vec::new();
     for (name, contents) in files {
         let path = dir.join(name);
@@ -974,20 +1119,27 @@ mod tests {
     #[test]
     fn every_layer_parses_by_its_name_and_unknown_names_list_the_available_ones() {
         for &layer in LAYERS {
-            assert_eq!(parse_layer(layer.name()), Ok(layer));
+            assert_eq!(parse_layer(layer.name()), Ok(Layer::Harness(layer)));
             if let Some(short) = layer.name().strip_suffix("abc").filter(|s| !s.is_empty()) {
-                assert_eq!(parse_layer(short), Ok(layer));
+                assert_eq!(parse_layer(short), Ok(Layer::Harness(layer)));
             }
         }
-        assert_eq!(parse_layer("sc"), Ok(Workload::Scabc));
-        assert_eq!(parse_layer("ht"), Ok(Workload::HtAbc));
-        for bad in ["", "ABC", "abcd", "crypto"] {
+        assert_eq!(parse_layer("sc"), Ok(Layer::Harness(Workload::Scabc)));
+        assert_eq!(parse_layer("ht"), Ok(Layer::Harness(Workload::HtAbc)));
+        assert_eq!(parse_layer("kv"), Ok(Layer::Kv));
+        assert_eq!(parse_layer("crypto"), Ok(Layer::Crypto));
+        assert!(layer_names().ends_with(", kv, crypto"));
+        for bad in ["", "ABC", "abcd", "cryptography"] {
             let error = parse_layer(bad).unwrap_err();
             assert!(error.contains(&layer_names()), "{error}");
         }
         assert_eq!(
-            args("--layer abc,scabc").layers,
-            vec![Workload::Abc, Workload::Scabc]
+            args("--layer abc,scabc,kv").layers,
+            vec![
+                Layer::Harness(Workload::Abc),
+                Layer::Harness(Workload::Scabc),
+                Layer::Kv
+            ]
         );
     }
 
@@ -1282,6 +1434,9 @@ mod tests {
             parameters: args(""),
             runs: vec![record("maftia abc", 4, 10, 1234.0, 5.5)],
             comparisons: Vec::new(),
+            kv: Vec::new(),
+            kv_failures: Vec::new(),
+            crypto: Vec::new(),
             failures: vec![RunFailure {
                 system: "maftia scabc".into(),
                 spec: RunSpec::new(Workload::Scabc, 4, 10),

@@ -112,6 +112,16 @@ pub enum TransferError {
     Snapshot(String),
     #[error("the transfer does not decode: {0}")]
     Malformed(String),
+    #[error(
+        "the transfer (executed {offered}, next round {offered_round}) is behind this replica \
+         (executed {current}, next round {current_round})"
+    )]
+    Stale {
+        offered: u64,
+        offered_round: u64,
+        current: u64,
+        current_round: u64,
+    },
 }
 
 impl Transfer {
@@ -405,12 +415,24 @@ impl Checkpointer {
     }
 
     /// Verify a transfer and install its service state into `manager`; then continue from its
-    /// window. On error nothing changed.
+    /// window. A transfer behind `manager`'s position or this checkpointer's next round is
+    /// refused as [`TransferError::Stale`]. On error nothing changed.
     pub fn install(
         &mut self,
         transfer: &Transfer,
         manager: &mut ReplicationManager<KvStore>,
     ) -> Result<(), TransferError> {
+        // Installing a checkpoint behind what we executed would roll the state back.
+        if transfer.position.executed < manager.executed()
+            || transfer.resume.next_round < self.window.next_round()
+        {
+            return Err(TransferError::Stale {
+                offered: transfer.position.executed,
+                offered_round: transfer.resume.next_round,
+                current: manager.executed(),
+                current_round: self.window.next_round(),
+            });
+        }
         transfer.verify_position(&self.service, &self.reply_keys)?;
         let window = RecentWindow::resumed(&transfer.resume, self.dedup_rounds, self.max_per_round)
             .map_err(|_| TransferError::Window)?;
@@ -432,5 +454,464 @@ impl Checkpointer {
 impl Pending {
     fn state_digest(&self) -> Digest {
         maftia_smr::replica::snapshot_digest(&self.snapshot)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use maftia_crypto::bls::KeySetId;
+    use maftia_crypto::identity::IdentityKey;
+    use maftia_crypto::keygen::{deal_group, NodeSecret};
+    use maftia_smr::kv::{encode_request, KvRequest};
+    use maftia_smr::replica::{snapshot_digest, ClientList, RestoreError};
+    use maftia_smr::request::SignedRequest;
+    use rand_chacha::ChaCha20Rng;
+    use rand_core::SeedableRng;
+
+    const N: usize = 4;
+    const F: usize = 1;
+    const DEDUP_ROUNDS: u64 = 8;
+    const BATCH_SIZE: usize = 4;
+
+    struct Fixture {
+        secrets: Vec<NodeSecret>,
+        service: ServiceId,
+        clients: Vec<IdentityKey>,
+        reply_keys: Arc<BlsPublicKeySet>,
+    }
+
+    /// One replica's service state and checkpoints, fed deliveries by hand.
+    struct Replica {
+        manager: ReplicationManager<KvStore>,
+        checkpointer: Checkpointer,
+        height: u64,
+        chain: Digest,
+    }
+
+    fn fixture() -> Fixture {
+        let mut rng = ChaCha20Rng::seed_from_u64(0xc4e7);
+        let (group, secrets) = deal_group(N, F, &mut rng).unwrap();
+        let service = ServiceId::new(&group, "checkpoint-unit");
+        let clients = (0..2).map(|_| IdentityKey::generate(&mut rng)).collect();
+        let reply_keys = Arc::new(group.bls[&KeySetId::Reply].clone());
+        Fixture {
+            secrets,
+            service,
+            clients,
+            reply_keys,
+        }
+    }
+
+    impl Fixture {
+        fn reply_key(&self, replica: usize) -> BlsSecretShare {
+            self.secrets[replica].bls[&KeySetId::Reply].clone()
+        }
+
+        /// Replica `i` at the start of the log.
+        fn replica(&self, i: usize) -> Replica {
+            let clients: ClientList = self.clients.iter().map(IdentityKey::public).collect();
+            Replica {
+                manager: ReplicationManager::new(
+                    self.service,
+                    i as u16,
+                    self.reply_key(i),
+                    clients,
+                    KvStore::new(),
+                )
+                .unwrap(),
+                checkpointer: Checkpointer::new(
+                    self.service,
+                    i as u16,
+                    self.reply_key(i),
+                    self.reply_keys.clone(),
+                    DEDUP_ROUNDS,
+                    N * BATCH_SIZE,
+                ),
+                height: 0,
+                chain: [0; 32],
+            }
+        }
+
+        /// Delivery `k` of the test log: round `k` with 0 to 2 signed puts (every third round
+        /// delivers nothing, so positions and heights differ).
+        fn delivery(&self, k: u64) -> (u64, Vec<Vec<u8>>) {
+            let requests = (0..k % 3)
+                .map(|j| {
+                    let client = &self.clients[(j % 2) as usize];
+                    let operation = encode_request(&KvRequest::Put {
+                        key: format!("key {}", (k + j) % 5).into_bytes(),
+                        value: format!("delivery {k} request {j}").into_bytes(),
+                    })
+                    .unwrap();
+                    SignedRequest::sign(client, &self.service, 10 * k + j + 1, operation).encode()
+                })
+                .collect();
+            (k, requests)
+        }
+    }
+
+    impl Replica {
+        /// Execute one delivery; the checkpoint shares, at a checkpoint height.
+        fn deliver(
+            &mut self,
+            (round, requests): &(u64, Vec<Vec<u8>>),
+        ) -> Option<CheckpointMessage> {
+            for request in requests {
+                self.manager.execute(request);
+            }
+            self.height += 1;
+            self.chain = hash(
+                "checkpoint unit chain",
+                &[&self.chain, &round.to_le_bytes()],
+            );
+            self.checkpointer.delivered(
+                &self.manager,
+                *round,
+                requests,
+                self.height,
+                self.chain,
+                true,
+            )
+        }
+
+        /// Shares from `from`; the evidence, if any.
+        fn receive(
+            &mut self,
+            from: u16,
+            message: &CheckpointMessage,
+        ) -> Option<CheckpointEvidence> {
+            let CheckpointMessage::Shares {
+                position,
+                state,
+                ordering,
+            } = message.clone()
+            else {
+                panic!("not shares: {message:?}")
+            };
+            self.checkpointer.shares(from, position, *state, *ordering)
+        }
+    }
+
+    fn shares_of(message: &CheckpointMessage) -> (&Position, &CheckpointShare, &CheckpointShare) {
+        match message {
+            CheckpointMessage::Shares {
+                position,
+                state,
+                ordering,
+            } => (position, state, ordering),
+            other => panic!("not shares: {other:?}"),
+        }
+    }
+
+    /// Deliveries `from..to` at every replica in lock step; every checkpoint message reaches
+    /// every other replica right away and raises no evidence.
+    fn run(fx: &Fixture, replicas: &mut [Replica], from: u64, to: u64) {
+        for k in from..to {
+            let delivery = fx.delivery(k);
+            let outgoing: Vec<(usize, CheckpointMessage)> = replicas
+                .iter_mut()
+                .enumerate()
+                .filter_map(|(i, replica)| replica.deliver(&delivery).map(|m| (i, m)))
+                .collect();
+            for (sender, message) in &outgoing {
+                for (i, replica) in replicas.iter_mut().enumerate() {
+                    if i != *sender {
+                        assert_eq!(replica.receive(*sender as u16, message), None);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The four replicas after `deliveries` deliveries.
+    fn group(fx: &Fixture, deliveries: u64) -> Vec<Replica> {
+        let mut replicas: Vec<Replica> = (0..N).map(|i| fx.replica(i)).collect();
+        run(fx, &mut replicas, 0, deliveries);
+        replicas
+    }
+
+    /// What a fresh replica looks like, to check that a refused install changed nothing.
+    fn fingerprint(replica: &Replica) -> (Vec<u8>, u64, Option<Transfer>, u64) {
+        (
+            replica.manager.snapshot(),
+            replica.manager.executed(),
+            replica.checkpointer.stable().cloned(),
+            replica.checkpointer.window.next_round(),
+        )
+    }
+
+    #[test]
+    fn honest_shares_make_a_stable_transfer_that_a_fresh_replica_installs() {
+        let fx = fixture();
+        let interval = CHECKPOINT_INTERVAL;
+        let mut replicas = group(&fx, interval);
+        let transfer = replicas[0].checkpointer.stable().cloned().unwrap();
+        assert_eq!(transfer.position.height, interval);
+        assert_eq!(transfer.position.round, interval - 1);
+        assert_eq!(transfer.position.executed, replicas[0].manager.executed());
+        assert_eq!(transfer.resume.next_round, interval);
+        assert!(transfer.position.executed > 0 && transfer.position.executed < interval);
+        assert_eq!(transfer.snapshot, replicas[0].manager.snapshot());
+        assert_eq!(
+            snapshot_digest(&transfer.snapshot),
+            transfer.state_certificate.digest
+        );
+        transfer
+            .verify_position(&fx.service, &fx.reply_keys)
+            .unwrap();
+        assert!(transfer
+            .state_certificate
+            .verify(&fx.service, &fx.reply_keys));
+        for replica in &replicas[1..] {
+            let other = replica.checkpointer.stable().unwrap();
+            assert_eq!(other.position, transfer.position);
+            assert_eq!(other.snapshot, transfer.snapshot);
+            assert_eq!(other.resume, transfer.resume);
+        }
+        // The transfer survives the wire.
+        assert_eq!(Transfer::decode(&transfer.encode()).unwrap(), transfer);
+
+        // A fresh replica 3 installs it and has the source's state.
+        let mut fresh = fx.replica(3);
+        fresh
+            .checkpointer
+            .install(&transfer, &mut fresh.manager)
+            .unwrap();
+        fresh.height = transfer.position.height;
+        fresh.chain = transfer.position.chain;
+        assert_eq!(fresh.manager.snapshot(), replicas[0].manager.snapshot());
+        assert_eq!(fresh.manager.digest(), replicas[3].manager.digest());
+        assert_eq!(fresh.manager.executed(), transfer.position.executed);
+        assert_eq!(fresh.checkpointer.stable(), Some(&transfer));
+
+        // It goes on exactly like the replica it replaces: same state, and the same position
+        // (window included) at the next checkpoint, which it certifies with the others.
+        let mut with_fresh: Vec<Replica> = replicas.drain(..3).collect();
+        with_fresh.push(fresh);
+        let mut old = replicas.pop().unwrap();
+        for k in interval..2 * interval - 1 {
+            let delivery = fx.delivery(k);
+            old.deliver(&delivery);
+        }
+        let last = old.deliver(&fx.delivery(2 * interval - 1)).unwrap();
+        run(&fx, &mut with_fresh, interval, 2 * interval);
+        let resumed = with_fresh[3].checkpointer.stable().unwrap();
+        assert_eq!(&resumed.position, shares_of(&last).0);
+        assert_eq!(resumed.position.height, 2 * interval);
+        assert_eq!(resumed.snapshot, old.manager.snapshot());
+    }
+
+    #[test]
+    fn forged_mismatched_and_stale_transfers_are_refused_and_change_nothing() {
+        let fx = fixture();
+        let interval = CHECKPOINT_INTERVAL;
+        let mut replicas = group(&fx, interval);
+        let first = replicas[0].checkpointer.stable().cloned().unwrap();
+        run(&fx, &mut replicas, interval, 2 * interval);
+        let second = replicas[0].checkpointer.stable().cloned().unwrap();
+        assert_eq!(second.position.height, 2 * interval);
+        assert_ne!(first.position.executed, second.position.executed);
+
+        let mut flipped = first.clone();
+        let last = flipped.snapshot.len() - 1;
+        flipped.snapshot[last] ^= 1;
+        let mut other_snapshot = first.clone();
+        other_snapshot.snapshot = second.snapshot.clone();
+        let mut swapped_position_certificate = first.clone();
+        swapped_position_certificate.position_certificate = second.position_certificate.clone();
+        let mut other_chain = first.clone();
+        other_chain.position.chain[0] ^= 1;
+        let mut dropped_round = first.clone();
+        dropped_round.resume.recent.pop();
+        let mut next_round = first.clone();
+        next_round.resume.next_round += 1;
+        // A consistent forgery of the window: the certificate does not cover it.
+        let mut forged_window = dropped_round.clone();
+        forged_window.position.window = forged_window.resume.digest();
+        let mut other_state_certificate = first.clone();
+        other_state_certificate.state_certificate = second.state_certificate.clone();
+        let mut state_certificate_as_position = first.clone();
+        state_certificate_as_position.position_certificate = first.state_certificate.clone();
+
+        let cases: Vec<(&str, Transfer, TransferError)> = vec![
+            (
+                "flipped snapshot byte",
+                flipped,
+                TransferError::Snapshot(RestoreError::DigestMismatch.to_string()),
+            ),
+            (
+                "the snapshot of another checkpoint",
+                other_snapshot,
+                TransferError::Snapshot(RestoreError::DigestMismatch.to_string()),
+            ),
+            (
+                "a position certificate for another position",
+                swapped_position_certificate,
+                TransferError::PositionCertificate,
+            ),
+            (
+                "a position whose chain head is not the certified one",
+                other_chain,
+                TransferError::PositionCertificate,
+            ),
+            (
+                "the state certificate offered as position certificate",
+                state_certificate_as_position,
+                TransferError::PositionCertificate,
+            ),
+            (
+                "a window missing a round",
+                dropped_round,
+                TransferError::Window,
+            ),
+            (
+                "a window resuming at another round",
+                next_round,
+                TransferError::Window,
+            ),
+            (
+                "a window and position forged together",
+                forged_window,
+                TransferError::PositionCertificate,
+            ),
+            (
+                "certificates for different executed counts",
+                other_state_certificate,
+                TransferError::Mismatch,
+            ),
+        ];
+        let mut fresh = fx.replica(2);
+        let before = fingerprint(&fresh);
+        for (name, transfer, expected) in cases {
+            assert_eq!(
+                fresh.checkpointer.install(&transfer, &mut fresh.manager),
+                Err(expected),
+                "{name}"
+            );
+            assert!(fingerprint(&fresh) == before, "{name} changed the replica");
+        }
+
+        // A stale transfer: the first checkpoint, offered to a replica past the second one.
+        let behind = fingerprint(&replicas[1]);
+        let replica = &mut replicas[1];
+        assert_eq!(
+            replica.checkpointer.install(&first, &mut replica.manager),
+            Err(TransferError::Stale {
+                offered: first.position.executed,
+                offered_round: interval,
+                current: second.position.executed,
+                current_round: 2 * interval,
+            })
+        );
+        assert!(fingerprint(&replicas[1]) == behind);
+        // Also to a replica that installed the second one.
+        fresh
+            .checkpointer
+            .install(&second, &mut fresh.manager)
+            .unwrap();
+        let installed = fingerprint(&fresh);
+        assert!(matches!(
+            fresh.checkpointer.install(&first, &mut fresh.manager),
+            Err(TransferError::Stale { .. })
+        ));
+        assert!(fingerprint(&fresh) == installed);
+        assert_eq!(fresh.manager.snapshot(), replicas[0].manager.snapshot());
+        // Undecodable bytes are refused with a typed error.
+        assert!(matches!(
+            Transfer::decode(&first.encode()[..40]),
+            Err(TransferError::Malformed(_))
+        ));
+    }
+
+    #[test]
+    fn byzantine_checkpoint_shares_are_reported_and_never_certified() {
+        let fx = fixture();
+        let mut replicas: Vec<Replica> = (0..N).map(|i| fx.replica(i)).collect();
+        // Everyone reaches the checkpoint; nobody has heard from anyone yet.
+        let mut messages = Vec::new();
+        for k in 0..CHECKPOINT_INTERVAL {
+            let delivery = fx.delivery(k);
+            messages = replicas
+                .iter_mut()
+                .filter_map(|replica| replica.deliver(&delivery))
+                .collect();
+        }
+        assert_eq!(messages.len(), N);
+        assert!(replicas.iter().all(|r| r.checkpointer.stable().is_none()));
+        // Replica 3 is Byzantine; these are what its honest shares would be.
+        let (position, state, ordering) = shares_of(&messages[3]);
+        let byzantine_key = fx.reply_key(3);
+        let shares = |position: &Position, state: &CheckpointShare, ordering: &CheckpointShare| {
+            CheckpointMessage::Shares {
+                position: position.clone(),
+                state: Box::new(state.clone()),
+                ordering: Box::new(ordering.clone()),
+            }
+        };
+
+        // Malformed: shares naming another replica, or another position than the one claimed.
+        let target = &mut replicas[0];
+        let mut impersonated = state.clone();
+        impersonated.replica = 2;
+        assert_eq!(
+            target.receive(3, &shares(position, &impersonated, ordering)),
+            Some(CheckpointEvidence::Malformed)
+        );
+        let mut elsewhere = ordering.clone();
+        elsewhere.executed += 1;
+        assert_eq!(
+            target.receive(3, &shares(position, state, &elsewhere)),
+            Some(CheckpointEvidence::Malformed)
+        );
+        assert!(target.checkpointer.stable().is_none());
+
+        // An invalid state share (signed over another message) is caught when combined with
+        // ours; no stable checkpoint comes of it.
+        let mut invalid = state.clone();
+        invalid.share = byzantine_key.sign(b"not the checkpoint message");
+        assert_eq!(
+            target.receive(3, &shares(position, &invalid, ordering)),
+            Some(CheckpointEvidence::BadShare)
+        );
+        assert!(target.checkpointer.stable().is_none());
+        // It cannot take its share back: a second one is refused, and reported again.
+        assert_eq!(
+            target.receive(3, &shares(position, state, ordering)),
+            Some(CheckpointEvidence::BadShare)
+        );
+        assert!(target.checkpointer.stable().is_none());
+        // One honest peer's shares complete the certificate.
+        assert_eq!(target.receive(1, &messages[1]), None);
+        let stable = target.checkpointer.stable().cloned().unwrap();
+        assert_eq!(&stable.position, position);
+        assert_eq!(stable.state_certificate.digest, state.digest);
+
+        // Validly signed shares on a diverging state and position never become stable: the
+        // Byzantine replica alone is below the threshold, and the honest pair certifies the
+        // honest statements.
+        let target = &mut replicas[1];
+        let mut wrong_position = position.clone();
+        wrong_position.chain = [9; 32];
+        let wrong_state_digest = [7; 32];
+        let executed = position.executed;
+        let sign = |digest: &Digest| CheckpointShare {
+            replica: 3,
+            executed,
+            digest: *digest,
+            share: byzantine_key.sign(&checkpoint_message(&fx.service, executed, digest)),
+        };
+        let diverging = shares(
+            &wrong_position,
+            &sign(&wrong_state_digest),
+            &sign(&wrong_position.digest()),
+        );
+        target.receive(3, &diverging);
+        assert!(target.checkpointer.stable().is_none());
+        assert_eq!(target.receive(2, &messages[2]), None);
+        let stable = target.checkpointer.stable().cloned().unwrap();
+        assert_eq!(&stable.position, position);
+        assert_eq!(stable.state_certificate.digest, state.digest);
+        assert_eq!(stable.position_certificate.digest, position.digest());
     }
 }

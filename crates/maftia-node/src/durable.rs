@@ -45,13 +45,22 @@
 //! peers treat duplicates idempotently), and when a restarted peer asks for it
 //! ([`DurableReplica::outbox_for`]) it re-sends what that peer may have lost. Older frames are of
 //! no use anyway: the atomic broadcast keeps only a few delivered rounds alive for laggards
-//! (`maftia_broadcast::abc::RETAINED_ROUNDS`); a replica further behind needs checkpoints and state
-//! transfer (issue 6).
+//! (`maftia_broadcast::abc::RETAINED_ROUNDS`); a replica further behind installs a certified
+//! checkpoint instead.
+//!
+//! # State transfer
+//! [`DurableReplica::skip`] logs a jump forward (the caller installed the service state of a
+//! certified checkpoint; the protocol skips to the matching point, [`SkipForward`]) as an event
+//! like any other, with an fsync before it is applied, so a replay repeats it at the same place;
+//! the deliveries it skipped are simply absent from `delivered`. The latest skip is also kept in
+//! `meta` ([`DurableReplica::read_base`]) so that the caller can rebuild its service state from
+//! the certified snapshot before re-executing the deliveries after it.
 //!
 //! # Limits
-//! The log grows without bound until checkpoints and state transfer (issue 6) let it be
-//! truncated; replay time grows with it. Faults reported during a replay are returned for the
-//! metrics but were already logged by the previous incarnation.
+//! The log is never truncated: the protocol instance is rebuilt by replaying it from the start,
+//! and atomic broadcast has no snapshot of its own mid-round state. Replay time therefore grows
+//! with the replica's age. Faults reported during a replay are returned for the metrics but were
+//! already logged by the previous incarnation.
 use bytes::Bytes;
 use maftia_core::codec;
 use maftia_core::{Fault, NodeId, Protocol};

@@ -5,6 +5,13 @@ use maftia_crypto::keygen;
 use std::path::Path;
 
 pub fn run(n: usize, f: Option<usize>, out: &Path) -> Result<()> {
+    let group = write_keys(n, f, out)?;
+    report(&group, out);
+    Ok(())
+}
+
+/// Deal the keys of a group of `n` (f default ⌊(n − 1)/3⌋) into `out` (new or empty), quietly.
+pub fn write_keys(n: usize, f: Option<usize>, out: &Path) -> Result<GroupConfig> {
     let f = f.unwrap_or(n.saturating_sub(1) / 3);
     let group = GroupConfig::asynchronous(n, f).context("invalid group size")?;
     if out.exists() {
@@ -21,6 +28,11 @@ pub fn run(n: usize, f: Option<usize>, out: &Path) -> Result<()> {
         .context("key generation failed")?;
     keygen::write_files(out, &public, &secrets)
         .with_context(|| format!("cannot write keys to {}", out.display()))?;
+    Ok(group)
+}
+
+/// Print what [`write_keys`] wrote into `out`.
+pub fn report(group: &GroupConfig, out: &Path) {
     println!(
         "wrote keys for n = {}, f = {} (asynchronous configuration) to {}",
         group.n(),
@@ -39,5 +51,4 @@ pub fn run(n: usize, f: Option<usize>, out: &Path) -> Result<()> {
         group.quorum(),
         group.one_honest()
     );
-    Ok(())
 }

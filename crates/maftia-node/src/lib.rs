@@ -8,6 +8,8 @@
 //! - [`testnet`]: `maftia testnet` (generate and start a local cluster) and `maftia status`;
 //! - [`bench`]: `maftia bench` (the in-process benchmark harness over a matrix, tables, JSON,
 //!   CSV and SVG charts; `--compare hbbft` with the `compare-hbbft` feature);
+//! - [`bench_kv`]: `maftia bench --layer kv`, the key-value service end to end on a loopback
+//!   cluster (closed and open loop, latency percentiles, where the replicas' time goes);
 //! - [`service`]: the replicated key-value service inside a replica (client port, admission,
 //!   execution, reply shares);
 //! - [`kv_cli`]: `maftia kv`, verified key-value operations from the command line;
@@ -21,6 +23,8 @@
 )]
 
 pub mod bench;
+pub mod bench_crypto;
+pub mod bench_kv;
 #[cfg(feature = "byzantine-test-modes")]
 pub mod byzantine;
 pub mod checkpoint;

@@ -85,6 +85,7 @@ enum Command {
     /// Benchmark the ordering protocols in process (real threshold crypto, every message
     /// encoded): layers × n × batch sizes, a table on stdout, and results.json, results.csv and
     /// SVG charts in --out. `--compare hbbft` needs a build with `--features compare-hbbft`.
+    /// `--layer kv` runs the key-value service end to end on a loopback cluster instead.
     Bench(bench::BenchArgs),
 }
 

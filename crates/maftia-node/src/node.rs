@@ -1,9 +1,12 @@
 //! `maftia node`: one replica of the asynchronous configuration, as a process.
 //!
 //! Wiring: keys and configuration → atomic broadcast (`maftia_broadcast::atomic::AtomicBroadcast`
-//! in the configured mode, CKPS01 by default, with the group's BLS threshold key sets) inside a [`DurableReplica`] (log before acting,
-//! replay on start) → `maftia_net::Network` (authenticated encrypted reliable links) — plus the
-//! loopback management endpoint ([`crate::management`]) and Prometheus metrics.
+//! in the configured mode, CKPS01 by default, with the group's BLS threshold key sets) inside a
+//! [`DurableReplica`] (log before acting, replay on start) → `maftia_net::Network`
+//! (authenticated encrypted reliable links) — plus, with a `[service]` table, the replicated
+//! key-value service on a client port ([`crate::service`], checkpoints and state transfer in
+//! [`crate::checkpoint`]), the loopback management endpoint ([`crate::management`]) and
+//! Prometheus metrics.
 //!
 //! The replica loop takes events (frames from peers, submissions from `/submit`) in batches of
 //! up to `ordering.event_batch`, hands a batch to the durable driver (one fsync), then sends what
@@ -19,8 +22,9 @@
 //! *catch-up mode* — asking again every [`RESYNC_INTERVAL`] — while its height advances or while
 //! peers send it messages for rounds beyond its window (`FutureRound`: it lags); one quiet
 //! interval without either ends it. Catching up this way works while the replica lags by less
-//! than the peers' outboxes and retained rounds cover; further behind it needs checkpoints and
-//! state transfer (issue 6).
+//! than the peers' outboxes and atomic broadcast's round window cover; further behind, the
+//! catch-up requests also ask for the peers' latest certified checkpoint, which the replica
+//! verifies and installs ([`crate::checkpoint`]), then takes the rest from re-sent frames.
 //!
 //! **Evidence.** Every fault the protocol reports, every frame refused before logging and every
 //! link-level protocol violation counts in `maftia_evidence_total{peer, kind}` and in `/status`;

@@ -114,6 +114,8 @@ pub enum ClientEvent {
     },
     Request {
         conn: u64,
+        /// The request's sequence number, for refusals (the client matches them by it).
+        seq: u64,
         request: Vec<u8>,
     },
     Closed {
@@ -221,9 +223,9 @@ impl Service {
             }
         }
         let started = metrics::monotonic_nanos();
-        let shares = self
-            .checkpointer
-            .delivered(&self.manager, round, requests, height, chain, true);
+        let shares =
+            self.checkpointer
+                .delivered(&self.manager, round, requests, height, chain, true);
         metrics::add_time("checkpoint", started);
         shares
     }
@@ -300,11 +302,11 @@ impl Service {
                 self.connections.remove(&conn);
                 None
             }
-            ClientEvent::Request { conn, request } => self.admit(conn, request),
+            ClientEvent::Request { conn, seq, request } => self.admit(conn, seq, request),
         }
     }
 
-    fn admit(&mut self, conn: u64, request: Vec<u8>) -> Option<Admitted> {
+    fn admit(&mut self, conn: u64, seq: u64, request: Vec<u8>) -> Option<Admitted> {
         let refuse = |service: &Service, seq: u64, reason: Refusal| {
             service.send(conn, &ReplicaMessage::Refused { seq, reason });
         };
@@ -330,17 +332,17 @@ impl Service {
                 None
             }
             Err(AdmitError::UnknownClient) => {
-                refuse(self, 0, Refusal::UnknownClient);
+                refuse(self, seq, Refusal::UnknownClient);
                 None
             }
             Err(AdmitError::Request(RequestError::BadSignature)) => {
-                refuse(self, 0, Refusal::BadSignature);
+                refuse(self, seq, Refusal::BadSignature);
                 None
             }
             Err(AdmitError::Request(RequestError::TooLarge { size, limit })) => {
                 refuse(
                     self,
-                    0,
+                    seq,
                     Refusal::TooLarge {
                         size: size as u64,
                         limit: limit as u64,
@@ -349,7 +351,7 @@ impl Service {
                 None
             }
             Err(AdmitError::Request(RequestError::Malformed(message))) => {
-                refuse(self, 0, Refusal::Malformed(message));
+                refuse(self, seq, Refusal::Malformed(message));
                 None
             }
         }
@@ -525,6 +527,7 @@ async fn connection(
             Ok(ClientMessage::Request(request)) => {
                 let event = ClientEvent::Request {
                     conn,
+                    seq: request.seq,
                     request: request.encode(),
                 };
                 if events.try_send(event).is_err() {

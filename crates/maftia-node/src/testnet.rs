@@ -50,7 +50,8 @@ pub fn cluster_path(dir: &Path) -> PathBuf {
 /// Generate keys, [`TESTNET_CLIENTS`] client keys with their client list, one configuration per
 /// replica (with the key-value service) and the clients' cluster file in `dir`.
 pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
-    let paths = generate(n, f, dir)?;
+    let (group, paths) = generate(n, f, dir)?;
+    crate::keygen::report(&group, &dir.join("keys"));
     println!(
         "wrote {n} replica configurations and {TESTNET_CLIENTS} client keys to {}; start the \
          replicas with `maftia testnet up --dir {}`, then e.g. `maftia kv --cluster {} --key {} put hello world`",
@@ -64,7 +65,11 @@ pub fn create(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// [`create`] without the message on stdout (for `maftia bench --layer kv`, whose stdout is
 /// its table).
-pub fn generate(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> {
+pub fn generate(
+    n: usize,
+    f: Option<usize>,
+    dir: &Path,
+) -> Result<(maftia_core::GroupConfig, Vec<PathBuf>)> {
     if dir.exists()
         && std::fs::read_dir(dir)
             .with_context(|| format!("cannot read {}", dir.display()))?
@@ -76,7 +81,7 @@ pub fn generate(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> 
             dir.display()
         );
     }
-    crate::keygen::run(n, f, &dir.join("keys"))?;
+    let group = crate::keygen::write_keys(n, f, &dir.join("keys"))?;
     let ports = free_ports(3 * n)?;
     let mut clients = Vec::with_capacity(TESTNET_CLIENTS);
     for i in 0..TESTNET_CLIENTS {
@@ -133,7 +138,7 @@ pub fn generate(n: usize, f: Option<usize>, dir: &Path) -> Result<Vec<PathBuf>> 
         std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
         paths.push(path);
     }
-    Ok(paths)
+    Ok((group, paths))
 }
 
 /// The replica configurations of a testnet directory, by id.

@@ -65,6 +65,7 @@
 //! the service's single public key follow COCA (Zhou–Schneider–van Renesse, ACM TOCS 2002).
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use maftia_crypto::bls::{
@@ -89,6 +90,11 @@ pub const REPLICA_DIGEST_CONTEXT: &str = "maftia 2026-11 smr replica digest";
 pub const REPLICA_SNAPSHOT_MAGIC: [u8; 4] = *b"MFRM";
 /// Version of the replica snapshot encoding.
 pub const REPLICA_SNAPSHOT_VERSION: u8 = 1;
+
+/// A monotonic clock in nanoseconds, handed in by the node to time reply signing
+/// ([`ReplicationManager::time_signing`]). The manager never reads a clock of its own, and what
+/// it measures decides nothing: execution stays a pure function of the ordered entries.
+pub type SigningClock = fn() -> u64;
 
 /// The clients authorised to use the service (their Ed25519 public keys).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -195,6 +201,9 @@ pub struct ReplicationManager<S: StateMachine> {
     table: BTreeMap<IdentityPublicKey, ClientRecord>,
     executed: u64,
     state: S,
+    /// Instrumentation only (see [`Self::time_signing`]).
+    signing_clock: Option<SigningClock>,
+    signing_nanos: AtomicU64,
 }
 
 impl<S: StateMachine> ReplicationManager<S> {
@@ -226,7 +235,21 @@ impl<S: StateMachine> ReplicationManager<S> {
             table: BTreeMap::new(),
             executed: 0,
             state,
+            signing_clock: None,
+            signing_nanos: AtomicU64::new(0),
         })
+    }
+
+    /// Time every reply-share signature with `clock` from now on and add the time to
+    /// [`Self::signing_nanos`] (instrumentation for the node's metrics; without it the manager
+    /// reads no clock at all).
+    pub fn time_signing(&mut self, clock: SigningClock) {
+        self.signing_clock = Some(clock);
+    }
+
+    /// Nanoseconds spent signing reply shares since [`Self::time_signing`] (0 without it).
+    pub fn signing_nanos(&self) -> u64 {
+        self.signing_nanos.load(Ordering::Relaxed)
     }
 
     pub fn service(&self) -> &ServiceId {
@@ -257,9 +280,14 @@ impl<S: StateMachine> ReplicationManager<S> {
     }
 
     fn sign_reply(&self, client: IdentityPublicKey, seq: u64, result: ServiceResult) -> ReplyShare {
+        let started = self.signing_clock.map(|clock| (clock, clock()));
         let share = self
             .reply_key
             .sign(&reply_message(&self.service, &client, seq, &result));
+        if let Some((clock, started)) = started {
+            self.signing_nanos
+                .fetch_add(clock().saturating_sub(started), Ordering::Relaxed);
+        }
         ReplyShare {
             replica: self.replica,
             client,
@@ -882,6 +910,40 @@ mod tests {
             value: value.to_vec(),
         })
         .unwrap()
+    }
+
+    /// A fake clock that advances 1 000 ns per reading.
+    fn ticking_clock() -> u64 {
+        static NOW: AtomicU64 = AtomicU64::new(0);
+        NOW.fetch_add(1_000, Ordering::Relaxed)
+    }
+
+    #[test]
+    fn signing_is_timed_only_with_a_clock_and_only_when_a_share_is_signed() {
+        let fx = fixture();
+        let mut untimed = fx.manager(0);
+        let mut timed = fx.manager(0);
+        timed.time_signing(ticking_clock);
+        let request = SignedRequest::sign(&fx.clients[0], &fx.service, 1, put(b"k", b"v")).encode();
+        let (a, b) = (untimed.execute(&request), timed.execute(&request));
+        // Timing changes nothing that is decided or signed.
+        assert_eq!(a, b);
+        assert_eq!(untimed.signing_nanos(), 0);
+        // Two readings around the one signature (only this test reads the clock).
+        let after_one = timed.signing_nanos();
+        assert_eq!(after_one, 1_000);
+        // A retry is answered from the cache: no signature, no time.
+        assert_eq!(timed.execute(&request).outcome, Outcome::Duplicate);
+        assert_eq!(timed.signing_nanos(), after_one);
+        // Garbage is skipped without a reply: no time either.
+        assert!(matches!(
+            timed.execute(b"garbage").outcome,
+            Outcome::Invalid(_)
+        ));
+        assert_eq!(timed.signing_nanos(), after_one);
+        let next = SignedRequest::sign(&fx.clients[0], &fx.service, 2, put(b"k", b"w")).encode();
+        timed.execute(&next);
+        assert_eq!(timed.signing_nanos(), 2_000);
     }
 
     #[test]

@@ -335,3 +335,56 @@ pub fn evidence_against(status: &StatusSnapshot, peer: usize) -> Vec<String> {
         .map(|kinds| kinds.keys().cloned().collect())
         .unwrap_or_default()
 }
+
+// ---- Helpers of the service tests (tests/service.rs) ----
+
+pub use maftia_node::management::ServiceStatus;
+
+impl Cluster {
+    /// The clients' cluster file (`cluster.toml`) of the testnet.
+    pub fn cluster_file(&self) -> PathBuf {
+        self.dir.path().join("cluster.toml")
+    }
+
+    /// The secret key file of testnet client `i` (on the service's client list).
+    pub fn client_key(&self, i: usize) -> PathBuf {
+        self.dir
+            .path()
+            .join("keys")
+            .join(format!("client-{i}.secret.toml"))
+    }
+
+    /// The replicas' client ports, by replica id (from `cluster.toml`).
+    pub fn client_ports(&self) -> Vec<SocketAddr> {
+        maftia_client::files::ClusterFile::load(&self.cluster_file())
+            .unwrap()
+            .replicas
+    }
+}
+
+/// The service part of a replica's status (every testnet replica runs the service).
+pub fn service_of(status: &StatusSnapshot) -> &ServiceStatus {
+    status
+        .service
+        .as_ref()
+        .unwrap_or_else(|| panic!("a testnet replica without a service: {status:?}"))
+}
+
+/// Whether every replica answers and all report the same delivered rounds, chain head,
+/// executed entries and number of keys.
+pub fn converged(statuses: &[Option<StatusSnapshot>]) -> bool {
+    let views: Vec<Option<(u64, &str, u64, u64)>> = statuses
+        .iter()
+        .map(|s| {
+            let s = s.as_ref()?;
+            let service = s.service.as_ref()?;
+            Some((
+                s.delivered_rounds,
+                s.chain_head.as_str(),
+                service.executed,
+                service.keys,
+            ))
+        })
+        .collect();
+    views.iter().all(Option::is_some) && views.windows(2).all(|w| w[0] == w[1])
+}
