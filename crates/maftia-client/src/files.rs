@@ -150,7 +150,8 @@ impl ClientKeyFile {
     /// Load a key file: the client's name and key. Refuses a file readable by group or others.
     pub fn load(path: &Path) -> Result<(String, IdentityKey), FileError> {
         let text = keyfile::read(path, true)?;
-        let file: ClientKeyFile = keyfile::parse(path, &text, CLIENT_KEY_FORMAT, FILE_VERSION.into())?;
+        let file: ClientKeyFile =
+            keyfile::parse(path, &text, CLIENT_KEY_FORMAT, FILE_VERSION.into())?;
         check_client_name(&file.name).map_err(invalid(path))?;
         Ok((file.name.clone(), file.secret.clone()))
     }
@@ -240,7 +241,8 @@ impl ClientListFile {
     /// Load and validate a client list.
     pub fn load(path: &Path) -> Result<ClientListFile, FileError> {
         let text = keyfile::read(path, false)?;
-        let list: ClientListFile = keyfile::parse(path, &text, CLIENT_LIST_FORMAT, FILE_VERSION.into())?;
+        let list: ClientListFile =
+            keyfile::parse(path, &text, CLIENT_LIST_FORMAT, FILE_VERSION.into())?;
         list.validate().map_err(invalid(path))?;
         Ok(list)
     }
@@ -311,7 +313,8 @@ impl ClusterFile {
     /// [`ClusterFile::load_group`]).
     pub fn load(path: &Path) -> Result<ClusterFile, FileError> {
         let text = keyfile::read(path, false)?;
-        let cluster: ClusterFile = keyfile::parse(path, &text, CLUSTER_FORMAT, FILE_VERSION.into())?;
+        let cluster: ClusterFile =
+            keyfile::parse(path, &text, CLUSTER_FORMAT, FILE_VERSION.into())?;
         cluster.validate().map_err(invalid(path))?;
         Ok(cluster)
     }
@@ -350,10 +353,10 @@ impl ClusterFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::fs;
-    use std::os::unix::fs::PermissionsExt;
     use rand::rngs::StdRng;
     use rand::SeedableRng;
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
 
     fn rng(seed: u64) -> StdRng {
         StdRng::seed_from_u64(seed)
@@ -386,7 +389,10 @@ mod tests {
         assert_eq!(*loaded.to_bytes(), *key.secret.to_bytes());
         // Never overwritten, and no temporary file left behind.
         let other = ClientKeyFile::generate("alice", &mut rng(2)).unwrap();
-        assert!(matches!(other.write(&path), Err(FileError::File(keyfile::FileError::Exists { .. }))));
+        assert!(matches!(
+            other.write(&path),
+            Err(FileError::File(keyfile::FileError::Exists { .. }))
+        ));
         assert_eq!(fs::read_to_string(&path).unwrap(), text);
         assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 1);
         // Debug hides the secret.
@@ -416,7 +422,10 @@ mod tests {
         edit(&path, "version = 1", "version = 9");
         let err = ClientKeyFile::load(&path).unwrap_err();
         assert!(
-            matches!(err, FileError::File(keyfile::FileError::UnsupportedVersion { found: 9, .. })),
+            matches!(
+                err,
+                FileError::File(keyfile::FileError::UnsupportedVersion { found: 9, .. })
+            ),
             "{err}"
         );
         edit(&path, "version = 9", "version = 1\nextra = 3");
@@ -541,7 +550,9 @@ mod tests {
         edit(&path, "keys/group.toml", "nowhere/group.toml");
         assert!(matches!(
             ClusterFile::load(&path).unwrap().load_group(&path),
-            Err(FileError::Group(KeygenError::File(keyfile::FileError::Io { .. })))
+            Err(FileError::Group(KeygenError::File(
+                keyfile::FileError::Io { .. }
+            )))
         ));
         // An address that does not parse.
         edit(&path, "127.0.0.1:7201", "not-an-address");

@@ -263,6 +263,9 @@ mod tests {
         assert_eq!(fs::read_to_string(&path).unwrap(), "b");
         let big = "x".repeat(MAX_FILE_SIZE as usize + 1);
         write_public(&path, &big).unwrap();
-        assert!(matches!(read(&path, false), Err(FileError::TooLarge { .. })));
+        assert!(matches!(
+            read(&path, false),
+            Err(FileError::TooLarge { .. })
+        ));
     }
 }

@@ -26,12 +26,12 @@
 //! multi-scalar multiplication.
 use crate::bls::{self, BlsError, BlsPublicKeySet, BlsSecretShare, KeySetId};
 use crate::identity::{IdentityKey, IdentityPublicKey};
+use crate::keyfile::{self, io_error, FileError};
 use crate::tdh2::{self, Tdh2Error, Tdh2PublicKey, Tdh2SecretShare};
 use rand_core::{CryptoRng, RngCore};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use crate::keyfile::{self, io_error, FileError};
 use std::fs::{self, DirBuilder};
 use std::io::ErrorKind;
 use std::os::unix::fs::DirBuilderExt;
@@ -345,7 +345,6 @@ pub fn deal_group<R: RngCore + CryptoRng>(
     Ok((group, secrets))
 }
 
-
 /// Write `group.toml` and `node-<i>.secret.toml` for every node into `dir`.
 ///
 /// `dir` is created (mode `0700`) if missing; if it exists it must be an empty directory
@@ -448,10 +447,10 @@ pub fn load_node(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
     use crate::threshold::ThresholdSigner;
     use rand_chacha::ChaCha20Rng;
     use rand_core::SeedableRng;
+    use std::os::unix::fs::PermissionsExt;
     use std::sync::Arc;
 
     fn rng(seed: u64) -> ChaCha20Rng {
@@ -633,7 +632,10 @@ mod tests {
         edit(&group_path, "version = 1", "version = 2");
         let err = load_group(&group_path).unwrap_err();
         assert!(
-            matches!(err, KeygenError::File(FileError::UnsupportedVersion { found: 2, .. })),
+            matches!(
+                err,
+                KeygenError::File(FileError::UnsupportedVersion { found: 2, .. })
+            ),
             "{err}"
         );
         assert!(err.to_string().contains("version 2"), "{err}");
