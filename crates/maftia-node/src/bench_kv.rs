@@ -32,6 +32,7 @@
 //!
 //! At the end the replicas get SIGTERM (SIGKILL after 10 s) and the directory is removed, also
 //! when the run fails.
+use crate::local_cluster::LocalCluster;
 use crate::metrics::TIME_METRIC;
 use crate::testnet;
 use anyhow::{bail, Context, Result};
@@ -44,9 +45,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The parts of [`TIME_METRIC`], in the order tables show them.
@@ -61,12 +60,8 @@ pub const PARTS: [&str; 6] = [
 /// Without `--open-loop-rate`, the open loop offers this fraction of the closed loop's
 /// throughput measured just before at the same `n` and value size.
 pub const OPEN_LOOP_DEFAULT_FRACTION: f64 = 0.7;
-/// Time allowed for the cluster to come up.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client gives up on one request after this long (counted as an error).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
-/// Time allowed for each replica to stop after SIGTERM.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Latencies above this (µs) are clamped into the histogram's top bucket.
 const MAX_LATENCY_US: u64 = 600_000_000;
 
@@ -321,160 +316,56 @@ pub fn run(spec: &KvSpec) -> Result<KvRecord> {
             .map(|d| d.as_nanos())
             .unwrap_or(0)
     ));
-    let mut cluster = Cluster {
-        exe: std::env::current_exe().context("cannot find the maftia executable")?,
-        dir: dir.clone(),
-        children: Vec::new(),
-        management: Vec::new(),
+    let generated = LocalCluster::generate(spec.n, Some(spec.f), &dir);
+    let mut cluster = match generated {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
     };
-    let (_, configs) = testnet::generate(spec.n, Some(spec.f), &dir)?;
-    for path in &configs {
-        cluster
-            .management
-            .push(crate::config::NodeConfig::load(path)?.management);
-    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     let measured = runtime.block_on(measure(spec, &mut cluster));
-    let clean_stop = cluster.stop();
+    let clean_stop = cluster.stop_all();
+    let _ = std::fs::remove_dir_all(&dir);
     let mut record = measured?;
     record.clean_stop = clean_stop;
     Ok(record)
 }
 
-/// The replica processes of one run; dropping it stops them and removes the directory.
-struct Cluster {
-    exe: PathBuf,
-    dir: PathBuf,
-    children: Vec<Child>,
-    management: Vec<SocketAddr>,
-}
-
-impl Cluster {
-    fn spawn_all(&mut self) -> Result<()> {
-        for i in 0..self.management.len() {
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(testnet::log_path(&self.dir, i))
-                .with_context(|| format!("cannot open the log of replica {i}"))?;
-            let child = Command::new(&self.exe)
-                .arg("node")
-                .arg("--config")
-                .arg(testnet::config_path(&self.dir, i))
-                .stdin(Stdio::null())
-                .stdout(log.try_clone()?)
-                .stderr(log)
-                .spawn()
-                .with_context(|| format!("cannot start replica {i}"))?;
-            self.children.push(child);
+/// Every replica's [`TIME_METRIC`] (summed over the replicas, ns per part) and the CPU
+/// seconds of the replica processes.
+async fn sample(cluster: &LocalCluster) -> Result<Sample> {
+    let mut parts = BTreeMap::new();
+    for i in 0..cluster.n() {
+        let addr = cluster.management(i);
+        let (code, body) = tokio::time::timeout(
+            Duration::from_secs(5),
+            crate::management::http_request(addr, "GET", "/metrics", b""),
+        )
+        .await
+        .map_err(|_| anyhow::anyhow!("replica {i}: /metrics timed out"))?
+        .with_context(|| format!("replica {i}: /metrics"))?;
+        if code != 200 {
+            bail!("replica {i}: /metrics answered {code}");
         }
-        Ok(())
-    }
-
-    fn pids(&self) -> Vec<u32> {
-        self.children.iter().map(Child::id).collect()
-    }
-
-    /// SIGTERM every replica, wait up to [`STOP_TIMEOUT`], SIGKILL the rest; whether all exited
-    /// with success in time.
-    fn stop(&mut self) -> bool {
-        for child in &self.children {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        let deadline = Instant::now() + STOP_TIMEOUT;
-        let mut clean = true;
-        for mut child in self.children.drain(..) {
-            let status = loop {
-                match child.try_wait() {
-                    Ok(Some(status)) => break Some(status),
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    _ => break None,
-                }
-            };
-            if !status.is_some_and(|s| s.success()) {
-                clean = false;
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-        }
-        clean
-    }
-
-    async fn wait_until_ready(&self) -> Result<()> {
-        let n = self.management.len();
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            let mut ready = 0;
-            for addr in &self.management {
-                let status =
-                    tokio::time::timeout(Duration::from_secs(2), testnet::fetch_status(*addr))
-                        .await;
-                if let Ok(Ok(s)) = status {
-                    if s.peers_connected + 1 >= n {
-                        ready += 1;
-                    }
-                }
-            }
-            if ready == n {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "the cluster did not come up within {} s",
-                    STARTUP_TIMEOUT.as_secs()
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        for (part, nanos) in parse_time_metric(&String::from_utf8_lossy(&body)) {
+            *parts.entry(part).or_insert(0.0) += nanos;
         }
     }
-
-    /// Every replica's [`TIME_METRIC`] (summed over the replicas, ns per part) and the CPU
-    /// seconds of the replica processes.
-    async fn sample(&self) -> Result<Sample> {
-        let mut parts = BTreeMap::new();
-        for (i, addr) in self.management.iter().enumerate() {
-            let (code, body) = tokio::time::timeout(
-                Duration::from_secs(5),
-                crate::management::http_request(*addr, "GET", "/metrics", b""),
-            )
-            .await
-            .map_err(|_| anyhow::anyhow!("replica {i}: /metrics timed out"))?
-            .with_context(|| format!("replica {i}: /metrics"))?;
-            if code != 200 {
-                bail!("replica {i}: /metrics answered {code}");
-            }
-            for (part, nanos) in parse_time_metric(&String::from_utf8_lossy(&body)) {
-                *parts.entry(part).or_insert(0.0) += nanos;
-            }
-        }
-        let mut replica_cpu = 0.0;
-        for pid in self.pids() {
-            replica_cpu += process_cpu_seconds(&pid.to_string())
-                .with_context(|| format!("cannot read the CPU time of replica process {pid}"))?;
-        }
-        Ok(Sample {
-            parts,
-            replica_cpu,
-            client_cpu: process_cpu_seconds("self").unwrap_or(0.0),
-        })
+    let mut replica_cpu = 0.0;
+    for pid in cluster.pids() {
+        replica_cpu += process_cpu_seconds(&pid.to_string())
+            .with_context(|| format!("cannot read the CPU time of replica process {pid}"))?;
     }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+    Ok(Sample {
+        parts,
+        replica_cpu,
+        client_cpu: process_cpu_seconds("self").unwrap_or(0.0),
+    })
 }
 
 /// Counters read at one end of the window.
@@ -571,15 +462,15 @@ impl Window {
     }
 }
 
-async fn measure(spec: &KvSpec, cluster: &mut Cluster) -> Result<KvRecord> {
+async fn measure(spec: &KvSpec, cluster: &mut LocalCluster) -> Result<KvRecord> {
     let load_average = load_average();
     cluster.spawn_all()?;
     cluster.wait_until_ready().await?;
     let mut clients = Vec::with_capacity(spec.clients);
     for c in 0..spec.clients {
         let mut config = ClientConfig::from_files(
-            &testnet::cluster_path(&cluster.dir),
-            &testnet::client_key_path(&cluster.dir, c),
+            &testnet::cluster_path(cluster.dir()),
+            &testnet::client_key_path(cluster.dir(), c),
         )?;
         config.timeout = CLIENT_TIMEOUT;
         clients.push(Client::connect(config).await?);
@@ -595,10 +486,10 @@ async fn measure(spec: &KvSpec, cluster: &mut Cluster) -> Result<KvRecord> {
         tasks.push(tokio::spawn(client_loop(c, client, spec.clone(), window)));
     }
     tokio::time::sleep_until(window.open.into()).await;
-    let before = cluster.sample().await?;
+    let before = sample(cluster).await?;
     let opened = Instant::now();
     tokio::time::sleep_until(window.close.into()).await;
-    let after = cluster.sample().await?;
+    let after = sample(cluster).await?;
     let window_seconds = opened.elapsed().as_secs_f64();
     let mut histogram = new_histogram()?;
     let (mut completed, mut errors, mut backlog) = (0, 0, 0);

@@ -15,6 +15,7 @@
 //! replica's catch-up time, whether all replicas reached the same delivery chain, and the verdict
 //! of a linearizability check of the history the clients observed. It exits with an error if the
 //! check fails or the replicas diverge.
+use crate::local_cluster::LocalCluster;
 use crate::management::StatusSnapshot;
 use crate::node::is_lag_signal;
 use crate::testnet;
@@ -25,9 +26,8 @@ use maftia_smr::lincheck::{self, KvModel, Operation, Verdict};
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -35,8 +35,6 @@ use tokio::sync::watch;
 
 /// Search steps the linearizability checker may take before it gives up ("inconclusive").
 const LINCHECK_BUDGET: usize = 50_000_000;
-/// Time allowed for the cluster to come up.
-const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client gives up on one request after this long (the outcome is then unknown).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(8);
 
@@ -79,96 +77,6 @@ pub struct DemoSummary {
     pub unanswered: u64,
     pub linearizable: bool,
     pub replicas_agree: bool,
-}
-
-/// The replica processes of the demo cluster.
-struct Cluster {
-    exe: PathBuf,
-    dir: PathBuf,
-    children: Vec<Option<Child>>,
-    management: Vec<SocketAddr>,
-}
-
-impl Cluster {
-    fn spawn(&mut self, i: usize) -> Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(testnet::log_path(&self.dir, i))
-            .with_context(|| format!("cannot open the log of replica {i}"))?;
-        let mut command = Command::new(&self.exe);
-        command
-            .arg("node")
-            .arg("--config")
-            .arg(testnet::config_path(&self.dir, i))
-            .arg("--allow-byzantine-switch");
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("cannot start replica {i}"))?;
-        self.children[i] = Some(child);
-        Ok(())
-    }
-
-    fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.children[i].take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn stop_all(&mut self) {
-        for child in self.children.iter_mut().flatten() {
-            if let Ok(pid) = i32::try_from(child.id()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-        }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for slot in &mut self.children {
-            if let Some(child) = slot.as_mut() {
-                while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            *slot = None;
-        }
-    }
-
-    /// Change replica `i`'s behaviour while it runs (`POST /byzantine`).
-    async fn switch(&self, i: usize, mode: &str) -> Result<()> {
-        let (code, body) = crate::management::http_request(
-            self.management[i],
-            "POST",
-            "/byzantine",
-            mode.as_bytes(),
-        )
-        .await
-        .with_context(|| format!("replica {i} does not answer"))?;
-        if code != 200 {
-            bail!(
-                "replica {i} refused to switch to {mode}: {}",
-                String::from_utf8_lossy(&body).trim()
-            );
-        }
-        Ok(())
-    }
-
-    async fn status(&self, i: usize) -> Option<StatusSnapshot> {
-        tokio::time::timeout(
-            Duration::from_secs(2),
-            testnet::fetch_status(self.management[i]),
-        )
-        .await
-        .ok()?
-        .ok()
-    }
 }
 
 /// What the clients observed.
@@ -230,27 +138,12 @@ async fn run_async(args: &DemoArgs) -> Result<DemoSummary> {
         args.n,
         dir.display()
     );
-    let configs = tokio::task::block_in_place(|| testnet::create(args.n, args.f, &dir))?;
-    let mut management = Vec::new();
-    for path in &configs {
-        management.push(crate::config::NodeConfig::load(path)?.management);
-    }
+    let mut cluster = tokio::task::block_in_place(|| LocalCluster::generate(args.n, args.f, &dir))?;
     let group = maftia_crypto::keygen::load_group(&dir.join("keys").join("group.toml"))?;
     let (n, f) = (group.n, group.f);
-    let mut cluster = Cluster {
-        exe: std::env::current_exe().context("cannot find the maftia executable")?,
-        dir: dir.clone(),
-        children: (0..n).map(|_| None).collect(),
-        management,
-    };
     let outcome = drive(args, &mut cluster, n, f).await;
     if args.keep && outcome.is_ok() {
-        let pids: Vec<String> = cluster
-            .children
-            .iter()
-            .flatten()
-            .map(|c| c.id().to_string())
-            .collect();
+        let pids: Vec<String> = cluster.detach().iter().map(u32::to_string).collect();
         println!("\nthe cluster keeps running in {}; try", dir.display());
         println!(
             "  maftia kv --cluster {} --key {} get key-0",
@@ -258,10 +151,6 @@ async fn run_async(args: &DemoArgs) -> Result<DemoSummary> {
             testnet::client_key_path(&dir, 0).display()
         );
         println!("stop it with `kill {}`", pids.join(" "));
-        // Leave the processes running: forget the handles.
-        for child in cluster.children.iter_mut() {
-            std::mem::forget(child.take());
-        }
     } else {
         cluster.stop_all();
         if temporary {
@@ -280,11 +169,14 @@ async fn run_async(args: &DemoArgs) -> Result<DemoSummary> {
     Ok(summary)
 }
 
-async fn drive(args: &DemoArgs, cluster: &mut Cluster, n: usize, f: usize) -> Result<DemoSummary> {
-    for i in 0..n {
-        cluster.spawn(i)?;
-    }
-    wait_until_ready(cluster, n).await?;
+async fn drive(
+    args: &DemoArgs,
+    cluster: &mut LocalCluster,
+    n: usize,
+    f: usize,
+) -> Result<DemoSummary> {
+    cluster.spawn_all()?;
+    cluster.wait_until_ready().await?;
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -303,8 +195,8 @@ async fn drive(args: &DemoArgs, cluster: &mut Cluster, n: usize, f: usize) -> Re
     let mut tasks = Vec::new();
     for c in 0..args.clients {
         let mut config = ClientConfig::from_files(
-            &testnet::cluster_path(&cluster.dir),
-            &testnet::client_key_path(&cluster.dir, c),
+            &testnet::cluster_path(cluster.dir()),
+            &testnet::client_key_path(cluster.dir(), c),
         )?;
         config.timeout = CLIENT_TIMEOUT;
         let client = Client::connect(config).await?;
@@ -421,34 +313,9 @@ async fn sleep_until(start: Instant, offset: Duration) {
     }
 }
 
-async fn wait_until_ready(cluster: &Cluster, n: usize) -> Result<()> {
-    let deadline = Instant::now() + STARTUP_TIMEOUT;
-    loop {
-        let mut ready = 0;
-        for i in 0..n {
-            if let Some(s) = cluster.status(i).await {
-                if s.peers_connected + 1 >= n {
-                    ready += 1;
-                }
-            }
-        }
-        if ready == n {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "the cluster did not come up within {} s; see the logs in {}",
-                STARTUP_TIMEOUT.as_secs(),
-                cluster.dir.display()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// Wait (up to 20 s) until every replica has delivered the same number of rounds; then whether
 /// their chain heads agree, and the final statuses.
-async fn converge(cluster: &Cluster, n: usize) -> (bool, Vec<Option<StatusSnapshot>>) {
+async fn converge(cluster: &LocalCluster, n: usize) -> (bool, Vec<Option<StatusSnapshot>>) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let mut statuses = Vec::with_capacity(n);

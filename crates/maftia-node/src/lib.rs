@@ -33,6 +33,7 @@ pub mod demo;
 pub mod durable;
 pub mod keygen;
 pub mod kv_cli;
+pub mod local_cluster;
 pub mod management;
 pub mod metrics;
 pub mod node;
