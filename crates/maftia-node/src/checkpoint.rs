@@ -42,7 +42,7 @@ use maftia_smr::replica::{
 };
 use maftia_smr::request::{reply_message, ReplyShare, ServiceId, ServiceResult};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -57,6 +57,8 @@ pub const POSITION_CONTEXT: &str = "maftia 2026-11 ordering position";
 pub const MAX_CHECKPOINT_FRAME: usize = 16 << 20;
 /// Checkpoints in progress kept at once (older ones are dropped).
 const MAX_PENDING: usize = 2;
+/// Evidence entries kept between two [`Checkpointer::take_evidence`] calls.
+const MAX_EVIDENCE: usize = 256;
 
 /// Where in the order a checkpoint was taken.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -201,6 +203,8 @@ pub enum CheckpointEvidence {
 }
 
 struct Pending {
+    /// Replicas already reported for this checkpoint.
+    reported: BTreeSet<u16>,
     position: Position,
     resume: ResumePoint,
     snapshot: Vec<u8>,
@@ -222,6 +226,9 @@ pub struct Checkpointer {
     /// Shares for positions we have not reached: the latest per peer.
     early: BTreeMap<u16, (Position, CheckpointShare, CheckpointShare)>,
     stable: Option<Transfer>,
+    /// Evidence against replicas other than the sender of the share being handled (found when a
+    /// certificate forms, or in shares that arrived early), for [`Checkpointer::take_evidence`].
+    evidence: Vec<(u16, CheckpointEvidence)>,
 }
 
 impl Checkpointer {
@@ -244,6 +251,7 @@ impl Checkpointer {
             pending: BTreeMap::new(),
             early: BTreeMap::new(),
             stable: None,
+            evidence: Vec::new(),
         }
     }
 
@@ -292,6 +300,7 @@ impl Checkpointer {
         };
         let executed = state.executed;
         let pending = Pending {
+            reported: BTreeSet::new(),
             position: position.clone(),
             resume,
             snapshot,
@@ -312,7 +321,9 @@ impl Checkpointer {
             .collect();
         for (peer, s, o) in early {
             self.early.remove(&peer);
-            self.add_shares(peer, s, o);
+            if let Some(evidence) = self.add_shares(peer, s, o) {
+                self.report(peer, evidence);
+            }
         }
         Some(CheckpointMessage::Shares {
             position,
@@ -364,6 +375,22 @@ impl Checkpointer {
             || pending.ordering.culprits().contains_key(&from)
         {
             evidence = Some(CheckpointEvidence::BadShare);
+            pending.reported.insert(from);
+        }
+        // Culprits found among the earlier senders (an invalid share or a diverging digest shows
+        // only once enough shares are in).
+        let others: Vec<u16> = pending
+            .state
+            .culprits()
+            .keys()
+            .chain(pending.ordering.culprits().keys())
+            .copied()
+            .filter(|r| *r != from)
+            .collect();
+        for replica in others {
+            if pending.reported.insert(replica) && self.evidence.len() < MAX_EVIDENCE {
+                self.evidence.push((replica, CheckpointEvidence::BadShare));
+            }
         }
         if let (Some(state_cert), Some(ordering_cert)) =
             (pending.state.certificate(), pending.ordering.certificate())
@@ -412,6 +439,17 @@ impl Checkpointer {
             reply.share = self.reply_key.sign(&other);
         }
         reply
+    }
+
+    /// Evidence found against replicas other than the sender of the message just handled.
+    pub fn take_evidence(&mut self) -> Vec<(u16, CheckpointEvidence)> {
+        std::mem::take(&mut self.evidence)
+    }
+
+    fn report(&mut self, replica: u16, evidence: CheckpointEvidence) {
+        if self.evidence.len() < MAX_EVIDENCE {
+            self.evidence.push((replica, evidence));
+        }
     }
 
     /// Verify a transfer and install its service state into `manager`; then continue from its
@@ -908,10 +946,18 @@ mod tests {
         );
         target.receive(3, &diverging);
         assert!(target.checkpointer.stable().is_none());
+        assert!(target.checkpointer.take_evidence().is_empty());
         assert_eq!(target.receive(2, &messages[2]), None);
         let stable = target.checkpointer.stable().cloned().unwrap();
         assert_eq!(&stable.position, position);
         assert_eq!(stable.state_certificate.digest, state.digest);
         assert_eq!(stable.position_certificate.digest, position.digest());
+        // The diverging replica is reported once the certificate shows its shares were wrong,
+        // although it was not the sender of the share that formed it; and only once.
+        assert_eq!(
+            target.checkpointer.take_evidence(),
+            vec![(3, CheckpointEvidence::BadShare)]
+        );
+        assert!(target.checkpointer.take_evidence().is_empty());
     }
 }

@@ -558,11 +558,7 @@ where
         let mut outcome = BatchOutcome::<P>::default();
         self.apply_skip(&point, &base, &mut outcome)?;
         self.store_deliveries(&outcome.delivered)?;
-        let outgoing = std::mem::take(&mut outcome.outgoing);
-        for item in &outgoing {
-            self.remember(item);
-        }
-        outcome.outgoing = outgoing;
+        self.remember_all(&outcome.outgoing);
         Ok(outcome)
     }
 
@@ -793,6 +789,12 @@ where
         Ok(())
     }
 
+    fn remember_all(&mut self, outgoing: &[Outgoing]) {
+        for item in outgoing {
+            self.remember(item);
+        }
+    }
+
     fn remember(&mut self, item: &Outgoing) {
         for peer in &item.to {
             self.outbox
@@ -869,11 +871,7 @@ where
         self.store_deliveries(&outcome.delivered)?;
         crate::metrics::add_time("persistence", storing);
         // 5. Remember and return what to send.
-        let outgoing = std::mem::take(&mut outcome.outgoing);
-        for item in &outgoing {
-            self.remember(item);
-        }
-        outcome.outgoing = outgoing;
+        self.remember_all(&outcome.outgoing);
         Ok(outcome)
     }
 

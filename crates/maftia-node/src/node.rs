@@ -517,6 +517,15 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
                 }
             }
         }
+        if let Some(service) = &mut service {
+            for (peer, evidence) in service.take_checkpoint_evidence() {
+                runtime.evidence.record(
+                    NodeId(peer),
+                    format!("Checkpoint/{}", fault_label(&format!("{evidence:?}"))),
+                    &evidence,
+                );
+            }
+        }
         // The service state is installed; now the log and the protocol.
         if let Some((from, transfer)) = installed {
             let point = maftia_core::codec::encode(&transfer.resume)

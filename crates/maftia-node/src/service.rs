@@ -372,6 +372,11 @@ impl Service {
         }
     }
 
+    /// Checkpoint evidence found against replicas other than a message's sender.
+    pub fn take_checkpoint_evidence(&mut self) -> Vec<(u16, CheckpointEvidence)> {
+        self.checkpointer.take_evidence()
+    }
+
     /// Byzantine mode `intruded`: lie to clients (see [`Checkpointer::lie`]).
     pub fn lie_to_clients(&mut self, lying: bool) {
         self.lying = lying;
