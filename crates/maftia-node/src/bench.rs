@@ -35,6 +35,7 @@
 //! Charts are drawn with `plotters` (SVG backend and line/point series only, no fonts or
 //! bitmaps: three small crates), not by hand.
 use crate::bench_kv::{self, KvFailure, KvMode, KvRecord, KvSpec};
+use crate::bench_loopback::{LoopbackRecord, LoopbackSpec};
 use clap::{Args, ValueEnum};
 use maftia_bench::{RunReport, RunSpec, Workload};
 use maftia_broadcast::abc::AbcParams;
@@ -75,6 +76,8 @@ pub enum Layer {
     Kv,
     /// Every cryptographic operation on its own ([`crate::bench_crypto`]).
     Crypto,
+    /// Atomic broadcast alone over loopback, real processes ([`crate::bench_loopback`]).
+    Loopback,
 }
 
 impl Layer {
@@ -82,7 +85,7 @@ impl Layer {
     pub fn workload(self) -> Option<Workload> {
         match self {
             Layer::Harness(workload) => Some(workload),
-            Layer::Kv | Layer::Crypto => None,
+            Layer::Kv | Layer::Crypto | Layer::Loopback => None,
         }
     }
 }
@@ -94,6 +97,7 @@ impl Serialize for Layer {
             Layer::Harness(workload) => workload.serialize(serializer),
             Layer::Kv => serializer.serialize_str("Kv"),
             Layer::Crypto => serializer.serialize_str("Crypto"),
+            Layer::Loopback => serializer.serialize_str("Loopback"),
         }
     }
 }
@@ -106,6 +110,9 @@ pub fn parse_layer(name: &str) -> Result<Layer, String> {
     }
     if name == "crypto" {
         return Ok(Layer::Crypto);
+    }
+    if name == "loopback" {
+        return Ok(Layer::Loopback);
     }
     LAYERS
         .iter()
@@ -125,7 +132,7 @@ pub fn layer_names() -> String {
     LAYERS
         .iter()
         .map(Workload::name)
-        .chain(["kv", "crypto"])
+        .chain(["kv", "crypto", "loopback"])
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -183,10 +190,10 @@ pub struct BenchArgs {
     /// kv: concurrent clients, each with its own key (at most 8).
     #[arg(long, default_value_t = 8)]
     pub clients: usize,
-    /// kv: seconds measured per configuration.
+    /// kv and loopback: seconds measured per configuration.
     #[arg(long, default_value_t = 15)]
     pub duration: u64,
-    /// kv: seconds of load before the measured window.
+    /// kv and loopback: seconds of load before the measured window.
     #[arg(long, default_value_t = 3)]
     pub kv_warmup: u64,
     /// kv: load modes, comma-separated (closed: one outstanding request per client; open: a
@@ -235,12 +242,14 @@ pub struct Plan {
     pub compare_scabc: bool,
     /// Key-value configurations (`--layer kv`), in order.
     pub kv: Vec<KvSpec>,
+    /// Loopback configurations (`--layer loopback`), in order.
+    pub loopback: Vec<LoopbackSpec>,
 }
 
 impl Plan {
     /// Progress steps: one per run, comparison and key-value configuration.
     pub fn steps(&self) -> usize {
-        self.runs.len() + self.comparisons.len() + self.kv.len()
+        self.runs.len() + self.comparisons.len() + self.kv.len() + self.loopback.len()
     }
 }
 
@@ -322,12 +331,41 @@ pub fn plan(args: &BenchArgs) -> Result<Plan, BenchCliError> {
     for spec in &kv {
         bench_kv::check(spec).map_err(BenchCliError::InvalidSpec)?;
     }
+    let mut loopback = Vec::new();
+    if args.layers.contains(&Layer::Loopback) {
+        for &n in &args.n {
+            for &batch_size in &args.batches {
+                let spec = LoopbackSpec {
+                    n,
+                    f: args.f.unwrap_or(n.saturating_sub(1) / 3),
+                    batch_size,
+                    request_size: args.request_size,
+                    warmup_secs: args.kv_warmup,
+                    measure_secs: args.duration,
+                };
+                check_spec(&RunSpec {
+                    workload: Workload::Abc,
+                    ..spec_for(&spec)
+                })?;
+                loopback.push(spec);
+            }
+        }
+    }
     Ok(Plan {
         runs,
         comparisons,
         compare_scabc,
         kv,
+        loopback,
     })
+}
+
+/// The harness spec of a loopback run's in-process reference.
+fn spec_for(spec: &LoopbackSpec) -> RunSpec {
+    let mut run = RunSpec::new(Workload::Abc, spec.n, spec.batch_size);
+    run.f = spec.f;
+    run.request_size = spec.request_size;
+    run
 }
 
 /// The harness's own checks ([`maftia_bench::run`] repeats them) with the reasons spelled out,
@@ -483,6 +521,9 @@ pub struct BenchResults {
     /// `--layer kv`: the key-value service end to end.
     pub kv: Vec<KvRecord>,
     pub kv_failures: Vec<KvFailure>,
+    /// `--layer loopback`: atomic broadcast over loopback beside the in-process harness.
+    pub loopback: Vec<LoopbackRecord>,
+    pub loopback_failures: Vec<(LoopbackSpec, String)>,
     /// `--layer crypto`: every cryptographic operation on its own, per n.
     pub crypto: Vec<crate::bench_crypto::CryptoRecord>,
 }
@@ -568,6 +609,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchResults, BenchCliError> {
         failures: Vec::new(),
         kv: Vec::new(),
         kv_failures: Vec::new(),
+        loopback: Vec::new(),
+        loopback_failures: Vec::new(),
         crypto: Vec::new(),
     };
     if build_profile() == "debug" {
@@ -652,15 +695,43 @@ pub fn run(args: &BenchArgs) -> Result<BenchResults, BenchCliError> {
             }
         }
     }
+    for spec in &plan.loopback {
+        let step = progress.begin(&format!(
+            "maftia abc over loopback n={} f={} batch={}",
+            spec.n, spec.f, spec.batch_size
+        ));
+        match crate::bench_loopback::run(spec) {
+            Ok(record) => {
+                progress.end(
+                    step,
+                    &format!(
+                        "{:.0} requests/s ({:.2} of in process), p50 {:.0} ms",
+                        record.requests_per_sec, record.ratio, record.p50_ms
+                    ),
+                );
+                results.loopback.push(record);
+            }
+            Err(error) => {
+                progress.end(step, &format!("FAILED: {error:#}"));
+                results
+                    .loopback_failures
+                    .push((spec.clone(), format!("{error:#}")));
+            }
+        }
+    }
     print!("{}", table(&results));
     if !plan.kv.is_empty() {
         print!("\n{}", bench_kv::table(&results.kv, &results.kv_failures));
+    }
+    if !plan.loopback.is_empty() {
+        print!("\n{}", crate::bench_loopback::table(&results.loopback));
     }
     let written = write_outputs(&args.out, &results)?;
     for path in written {
         eprintln!("wrote {}", path.display());
     }
-    let failed = results.failures.len() + results.kv_failures.len();
+    let failed =
+        results.failures.len() + results.kv_failures.len() + results.loopback_failures.len();
     if failed > 0 {
         return Err(BenchCliError::RunsFailed {
             failed,
@@ -1128,7 +1199,8 @@ mod tests {
         assert_eq!(parse_layer("ht"), Ok(Layer::Harness(Workload::HtAbc)));
         assert_eq!(parse_layer("kv"), Ok(Layer::Kv));
         assert_eq!(parse_layer("crypto"), Ok(Layer::Crypto));
-        assert!(layer_names().ends_with(", kv, crypto"));
+        assert!(layer_names().ends_with(", kv, crypto, loopback"));
+        assert_eq!(parse_layer("loopback"), Ok(Layer::Loopback));
         for bad in ["", "ABC", "abcd", "cryptography"] {
             let error = parse_layer(bad).unwrap_err();
             assert!(error.contains(&layer_names()), "{error}");
@@ -1436,6 +1508,8 @@ mod tests {
             comparisons: Vec::new(),
             kv: Vec::new(),
             kv_failures: Vec::new(),
+            loopback: Vec::new(),
+            loopback_failures: Vec::new(),
             crypto: Vec::new(),
             failures: vec![RunFailure {
                 system: "maftia scabc".into(),

@@ -405,6 +405,13 @@ pub fn parse_time_metric(text: &str) -> BTreeMap<String, f64> {
     parts
 }
 
+/// User + system CPU seconds of the processes `pids` so far (those that cannot be read count 0).
+pub fn cpu_seconds_of(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| process_cpu_seconds(&pid.to_string()))
+        .sum()
+}
+
 /// User + system CPU seconds of `/proc/PID/stat` (`pid` may be `self`).
 fn process_cpu_seconds(pid: &str) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -25,6 +25,7 @@
 pub mod bench;
 pub mod bench_crypto;
 pub mod bench_kv;
+pub mod bench_loopback;
 #[cfg(feature = "byzantine-test-modes")]
 pub mod byzantine;
 pub mod checkpoint;

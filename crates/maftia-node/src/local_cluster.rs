@@ -43,6 +43,22 @@ impl LocalCluster {
         })
     }
 
+    /// Change every replica's configuration (before the replicas start). The files are
+    /// rewritten with the paths [`crate::config::NodeConfig::load`] resolved.
+    pub fn edit_configs(&self, edit: impl Fn(&mut crate::config::NodeConfig)) -> Result<()> {
+        for i in 0..self.n() {
+            let path = testnet::config_path(&self.dir, i);
+            let mut config = crate::config::NodeConfig::load(&path)?;
+            edit(&mut config);
+            let text = config
+                .to_toml()
+                .context("cannot encode a replica configuration")?;
+            std::fs::write(&path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+        }
+        Ok(())
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

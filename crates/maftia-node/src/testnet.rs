@@ -18,12 +18,34 @@ pub fn log_path(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("node-{i}.log"))
 }
 
-/// `count` distinct free loopback ports (all held at once while choosing, then released).
+/// Where testnet ports are chosen: below Linux's default ephemeral range (32768–60999), so that
+/// the port of an outgoing connection — which the kernel picks from that range at any time —
+/// never takes a port chosen here between choosing it and the replica binding it.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_000;
+
+/// `count` distinct free loopback ports from [`PORT_RANGE`], starting at a random place (all
+/// held at once while choosing, then released).
 fn free_ports(count: usize) -> Result<Vec<u16>> {
-    let listeners = (0..count)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<std::io::Result<Vec<_>>>()
-        .context("cannot find free loopback ports")?;
+    use rand::Rng;
+    let span = PORT_RANGE.end - PORT_RANGE.start;
+    let start = rand::thread_rng().gen_range(0..span);
+    let mut listeners = Vec::with_capacity(count);
+    for offset in 0..span {
+        if listeners.len() == count {
+            break;
+        }
+        let port = PORT_RANGE.start + (start + offset) % span;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
+    if listeners.len() < count {
+        bail!(
+            "cannot find {count} free loopback ports in {}..{}",
+            PORT_RANGE.start,
+            PORT_RANGE.end
+        );
+    }
     listeners
         .iter()
         .map(|l| Ok(l.local_addr()?.port()))

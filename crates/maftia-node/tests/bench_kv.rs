@@ -130,3 +130,53 @@ fn a_bad_kv_configuration_is_refused_before_anything_runs() {
     assert!(stderr.contains("--clients 9"), "{stderr}");
     assert!(!out.exists());
 }
+
+/// `maftia bench --layer loopback` (atomic broadcast alone over real processes) and `--layer
+/// crypto` in one short run: both sections are written and plausible.
+#[test]
+fn the_loopback_and_crypto_layers_write_their_sections() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let out = dir.path().join("out");
+    let output = Command::new(env!("CARGO_BIN_EXE_maftia"))
+        .args([
+            "bench",
+            "--layer",
+            "loopback,crypto",
+            "--n",
+            "4",
+            "--batch",
+            "50",
+        ])
+        .args(["--kv-warmup", "1", "--duration", "2", "--out"])
+        .arg(&out)
+        .output()
+        .expect("run maftia");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("| n | batch | loopback req/s"), "{stdout}");
+    assert!(stdout.contains("bls quorum verify share"), "{stdout}");
+    let results: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let loopback = results["loopback"].as_array().expect("a loopback section");
+    assert_eq!(loopback.len(), 1, "{loopback:?}");
+    let record = &loopback[0];
+    assert_eq!(record["agreed"], true, "{record}");
+    assert!(
+        record["requests_per_sec"].as_f64().unwrap() > 0.0,
+        "{record}"
+    );
+    assert!(
+        record["in_process_requests_per_sec"].as_f64().unwrap() > 0.0,
+        "{record}"
+    );
+    let crypto = results["crypto"].as_array().expect("a crypto section");
+    assert!(crypto.len() >= 19, "{crypto:?}");
+    assert!(crypto
+        .iter()
+        .all(|r| r["calls_per_second"].as_f64().unwrap() > 0.0));
+    assert!(out.join("crypto.csv").exists());
+}
