@@ -32,7 +32,7 @@
 //!
 //! At the end the replicas get SIGTERM (SIGKILL after 10 s) and the directory is removed, also
 //! when the run fails.
-use crate::local_cluster::LocalCluster;
+use crate::local_cluster::{temporary_dir, LocalCluster};
 use crate::metrics::TIME_METRIC;
 use crate::testnet;
 use anyhow::{bail, Context, Result};
@@ -308,14 +308,7 @@ pub fn run(spec: &KvSpec) -> Result<KvRecord> {
     if spec.mode == KvMode::Open && spec.rate.is_none() {
         bail!("the open loop needs a rate");
     }
-    let dir = std::env::temp_dir().join(format!(
-        "maftia-bench-kv-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
+    let dir = temporary_dir("bench-kv");
     let generated = LocalCluster::generate(spec.n, Some(spec.f), &dir);
     let mut cluster = match generated {
         Ok(cluster) => cluster,

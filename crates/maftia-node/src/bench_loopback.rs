@@ -15,7 +15,7 @@
 //! submission order, a queueing estimate otherwise; resolution [`POLL`]); *CPU* = CPU time of
 //! all replica processes per delivered request. At the end every replica must reach replica 0's
 //! count with the same digest-chain head (`agreed`).
-use crate::local_cluster::LocalCluster;
+use crate::local_cluster::{temporary_dir, LocalCluster};
 use crate::management::http_request;
 use anyhow::{Context, Result};
 use maftia_bench::{RunSpec, Workload};
@@ -69,14 +69,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 /// Run one loopback configuration and its in-process reference.
 pub fn run(spec: &LoopbackSpec) -> Result<LoopbackRecord> {
-    let dir = std::env::temp_dir().join(format!(
-        "maftia-bench-loopback-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    ));
+    let dir = temporary_dir("bench-loopback");
     let measured = (|| {
         let mut cluster = LocalCluster::generate(spec.n, Some(spec.f), &dir)?;
         cluster.edit_configs(|config| {
@@ -215,26 +208,8 @@ async fn measure(spec: &LoopbackSpec, cluster: &mut LocalCluster) -> Result<Loop
         );
     }
     latencies.sort_by(f64::total_cmp);
-    // Agreement: every replica reaches replica 0's count with the same head.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let agreed = loop {
-        let mut heads = Vec::with_capacity(n);
-        for i in 0..n {
-            heads.push(
-                cluster
-                    .status(i)
-                    .await
-                    .map(|s| (s.delivered_requests, s.chain_head)),
-            );
-        }
-        if heads.iter().all(Option::is_some) && heads.windows(2).all(|w| w[0] == w[1]) {
-            break true;
-        }
-        if Instant::now() > deadline {
-            break false;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    // Agreement: every replica reaches the same delivered sequence.
+    let (agreed, _) = cluster.converge(Duration::from_secs(30)).await;
     Ok(LoopbackRecord {
         spec: spec.clone(),
         requests_per_sec: (d1 - d0) as f64 / seconds,

@@ -288,14 +288,15 @@ impl Checkpointer {
             chain,
             window: resume.digest(),
         };
+        let position_digest = position.digest();
         let ordering = CheckpointShare {
             replica: self.replica,
             executed: state.executed,
-            digest: position.digest(),
+            digest: position_digest,
             share: self.reply_key.sign(&checkpoint_message(
                 &self.service,
                 state.executed,
-                &position.digest(),
+                &position_digest,
             )),
         };
         let executed = state.executed;

@@ -15,7 +15,7 @@
 //! replica's catch-up time, whether all replicas reached the same delivery chain, and the verdict
 //! of a linearizability check of the history the clients observed. It exits with an error if the
 //! check fails or the replicas diverge.
-use crate::local_cluster::LocalCluster;
+use crate::local_cluster::{temporary_dir, LocalCluster};
 use crate::management::StatusSnapshot;
 use crate::node::is_lag_signal;
 use crate::testnet;
@@ -122,16 +122,7 @@ pub fn run(args: &DemoArgs) -> Result<DemoSummary> {
 async fn run_async(args: &DemoArgs) -> Result<DemoSummary> {
     let (dir, temporary) = match &args.dir {
         Some(dir) => (dir.clone(), false),
-        None => {
-            let nanos = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.subsec_nanos())
-                .unwrap_or(0);
-            (
-                std::env::temp_dir().join(format!("maftia-demo-{}-{nanos}", std::process::id())),
-                true,
-            )
-        }
+        None => (temporary_dir("demo"), true),
     };
     println!(
         "maftia demo: creating a {}-replica cluster in {}",
@@ -275,7 +266,7 @@ async fn drive(
     eprintln!();
 
     // Let the replicas finish ordering what is in flight, then compare their chains.
-    let (replicas_agree, statuses) = converge(cluster, n).await;
+    let (replicas_agree, statuses) = cluster.converge(Duration::from_secs(20)).await;
     let observed = std::mem::take(
         &mut *observed
             .lock()
@@ -310,28 +301,6 @@ async fn sleep_until(start: Instant, offset: Duration) {
     let now = start.elapsed();
     if offset > now {
         tokio::time::sleep(offset - now).await;
-    }
-}
-
-/// Wait (up to 20 s) until every replica has delivered the same number of rounds; then whether
-/// their chain heads agree, and the final statuses.
-async fn converge(cluster: &LocalCluster, n: usize) -> (bool, Vec<Option<StatusSnapshot>>) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let mut statuses = Vec::with_capacity(n);
-        for i in 0..n {
-            statuses.push(cluster.status(i).await);
-        }
-        let heads: Vec<(u64, String)> = statuses
-            .iter()
-            .flatten()
-            .map(|s| (s.delivered_rounds, s.chain_head.clone()))
-            .collect();
-        let same = heads.len() == n && heads.windows(2).all(|w| w[0] == w[1]);
-        if same || Instant::now() > deadline {
-            return (same, statuses);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 

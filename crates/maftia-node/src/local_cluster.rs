@@ -18,6 +18,16 @@ pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time a replica is given to exit after SIGTERM before it is killed.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A fresh path under the system's temporary directory for a cluster:
+/// `maftia-PURPOSE-PID-NANOS` (not created).
+pub fn temporary_dir(purpose: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("maftia-{purpose}-{}-{nanos}", std::process::id()))
+}
+
 /// The replica processes of a testnet directory.
 pub struct LocalCluster {
     exe: PathBuf,
@@ -191,6 +201,29 @@ impl LocalCluster {
                     STARTUP_TIMEOUT.as_secs(),
                     self.dir.display()
                 );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Wait up to `timeout` until every replica answers with the same delivery count and
+    /// digest-chain head (so the same delivered sequence); whether they did, and the last
+    /// statuses.
+    pub async fn converge(&self, timeout: Duration) -> (bool, Vec<Option<StatusSnapshot>>) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut statuses = Vec::with_capacity(self.n());
+            for i in 0..self.n() {
+                statuses.push(self.status(i).await);
+            }
+            let heads: Vec<(u64, &str)> = statuses
+                .iter()
+                .flatten()
+                .map(|s| (s.delivered_rounds, s.chain_head.as_str()))
+                .collect();
+            let same = heads.len() == self.n() && heads.windows(2).all(|w| w[0] == w[1]);
+            if same || Instant::now() > deadline {
+                return (same, statuses);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -151,6 +151,35 @@ pub fn is_lag_signal(label: &str) -> bool {
     label.contains("Future") || label.contains("TooManyEarly")
 }
 
+/// Answers a peer's costly request (re-sending frames, sending a checkpoint) at most once per
+/// interval, so that a Byzantine peer cannot use it to amplify traffic much.
+pub struct AnswerLimit {
+    interval: Duration,
+    last: BTreeMap<NodeId, Instant>,
+}
+
+impl AnswerLimit {
+    pub fn new(interval: Duration) -> AnswerLimit {
+        AnswerLimit {
+            interval,
+            last: BTreeMap::new(),
+        }
+    }
+
+    /// Whether `peer` may be answered now; if so, counts this answer.
+    pub fn due(&mut self, peer: NodeId) -> bool {
+        let now = Instant::now();
+        let due = self
+            .last
+            .get(&peer)
+            .is_none_or(|last| now.duration_since(*last) >= self.interval);
+        if due {
+            self.last.insert(peer, now);
+        }
+        due
+    }
+}
+
 struct Evidence {
     counts: BTreeMap<(NodeId, String), u64>,
     last_warn: BTreeMap<NodeId, Instant>,
@@ -368,7 +397,7 @@ pub async fn run(config: NodeConfig, options: RunOptions) -> Result<()> {
             last_warn: BTreeMap::new(),
             lagging: false,
         },
-        resync_answered: BTreeMap::new(),
+        resync_answers: AnswerLimit::new(RESYNC_ANSWER_INTERVAL),
         checkpoint_frames: Vec::new(),
         incarnation: recovery.incarnation,
         f: group.f,
@@ -682,7 +711,7 @@ struct Runtime {
     #[cfg_attr(not(feature = "byzantine-test-modes"), allow(dead_code))]
     instance: Vec<u8>,
     evidence: Evidence,
-    resync_answered: BTreeMap<NodeId, Instant>,
+    resync_answers: AnswerLimit,
     /// Checkpoint control frames received, for the replica loop.
     checkpoint_frames: Vec<(NodeId, Bytes)>,
     incarnation: u64,
@@ -712,13 +741,7 @@ impl Runtime {
         }
         if frame.payload.starts_with(CONTROL_MAGIC) {
             if frame.payload.as_ref() == RESYNC_REQUEST && frame.from != self.our_id {
-                let now = Instant::now();
-                let due = self
-                    .resync_answered
-                    .get(&frame.from)
-                    .is_none_or(|last| now.duration_since(*last) >= RESYNC_ANSWER_INTERVAL);
-                if due {
-                    self.resync_answered.insert(frame.from, now);
+                if self.resync_answers.due(frame.from) {
                     let frames = replica.outbox_for(frame.from);
                     tracing::info!(
                         peer = frame.from.0,

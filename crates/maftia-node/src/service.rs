@@ -22,8 +22,9 @@ use crate::checkpoint::{
 };
 use crate::durable::{decode_abc_delivery, DurableError, DurableReplica};
 use crate::metrics;
-use crate::node::ReplicaProtocol;
+use crate::node::{AnswerLimit, ReplicaProtocol};
 use maftia_client::wire::{self, ClientMessage, Refusal, ReplicaMessage};
+use maftia_core::NodeId;
 use maftia_crypto::hash::Digest;
 use maftia_crypto::identity::IdentityPublicKey;
 use maftia_smr::kv::KvStore;
@@ -132,8 +133,8 @@ struct TokenBucket {
 pub struct Service {
     manager: ReplicationManager<KvStore>,
     checkpointer: Checkpointer,
-    /// Peers' last `Fetch` answered (a transfer is large: at most one per interval each).
-    fetch_answered: BTreeMap<u16, Instant>,
+    /// Answers to peers' `Fetch` requests (a transfer is large: at most one per interval each).
+    fetch_answers: AnswerLimit,
     connections: BTreeMap<u64, mpsc::Sender<Vec<u8>>>,
     routes: BTreeMap<IdentityPublicKey, VecDeque<u64>>,
     buckets: BTreeMap<IdentityPublicKey, TokenBucket>,
@@ -160,7 +161,7 @@ impl Service {
         Service {
             manager,
             checkpointer,
-            fetch_answered: BTreeMap::new(),
+            fetch_answers: AnswerLimit::new(FETCH_ANSWER_INTERVAL),
             connections: BTreeMap::new(),
             routes: BTreeMap::new(),
             buckets: BTreeMap::new(),
@@ -264,15 +265,9 @@ impl Service {
                 {
                     return CheckpointAction::None;
                 }
-                let now = Instant::now();
-                let due = self
-                    .fetch_answered
-                    .get(&from)
-                    .is_none_or(|last| now.duration_since(*last) >= FETCH_ANSWER_INTERVAL);
-                if !due {
+                if !self.fetch_answers.due(NodeId(from)) {
                     return CheckpointAction::None;
                 }
-                self.fetch_answered.insert(from, now);
                 CheckpointAction::Send(
                     CheckpointMessage::Transfer(Box::new(stable.clone())).encode(),
                 )
